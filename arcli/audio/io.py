@@ -1,0 +1,176 @@
+"""Audio files in and out: reading, finding, writing WAV, drawing spectrograms.
+
+Audio inside arcli is a float tensor of shape (T,) in [-1, 1] at the model's sample rate. Reading
+downmixes to mono and resamples (soxr); writing is 16-bit PCM WAV, to a file or to stdout (`-`).
+File writes are atomic: a temp file in the target's folder, then `os.replace`, so an interrupted
+run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from PIL import Image
+
+from arcli.errors import ArcliError, DataError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
+    """Read a wav/flac/ogg file as mono float audio at `sample_rate`.
+
+    Returns: (T,) float32 in [-1, 1]. Raises DataError for a missing, unreadable or empty file.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if not Path(path).is_file():
+        raise DataError(f"no such audio file: '{path}'")
+    try:
+        audio, file_rate = sf.read(path, dtype="float32", always_2d=True)  # (T, channels)
+    except sf.LibsndfileError as error:
+        raise DataError(f"cannot read audio file '{path}': {error.error_string}") from None
+    except (sf.SoundFileError, RuntimeError, OSError) as error:
+        raise DataError(f"cannot read audio file '{path}': {error}") from None
+    if audio.shape[0] == 0:
+        raise DataError(f"audio file '{path}' contains no samples")
+    if not np.isfinite(audio).all():
+        raise DataError(f"audio file '{path}' contains NaN or infinite samples")
+    mono = audio.mean(axis=1)  # (T,)
+    if file_rate != sample_rate:
+        mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ")
+    # float files may exceed full scale, and resampling overshoots near it
+    return torch.from_numpy(np.ascontiguousarray(mono)).clamp_(-1.0, 1.0)
+
+
+def find_audio_files(paths: list[str | Path]) -> list[tuple[Path, str | None]]:
+    """Expand files and folders into (audio file, speaker label) pairs.
+
+    A folder is searched recursively for .wav/.flac/.ogg files (hidden files and folders skipped).
+    When it has sub-folders, a file's label is the name of the first-level sub-folder it lies in
+    (`data/alice/x.wav` -> "alice"); files directly in the folder, and files given by name, get
+    None. Folders are expanded in sorted order; the order of `paths` is kept.
+    """
+    if not paths:
+        raise DataError("no audio files or folders given")
+    found: list[tuple[Path, str | None]] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_file():
+            found.append((path, None))
+            continue
+        if not path.is_dir():
+            raise DataError(f"no such file or folder: '{path}'")
+        files = []
+        for folder, subfolders, names in os.walk(path):
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+            files += [
+                Path(folder, name).relative_to(path)
+                for name in names
+                if not name.startswith(".") and name.lower().endswith(AUDIO_SUFFIXES)
+            ]
+        if not files:
+            raise DataError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under '{path}'")
+        for relative in sorted(files, key=lambda p: p.parts):
+            label = relative.parts[0] if len(relative.parts) > 1 else None
+            found.append((path / relative, label))
+    return found
+
+
+def _pcm16_wav_bytes(audio: torch.Tensor, sample_rate: int) -> bytes:
+    if audio.dim() != 1:
+        raise ValueError(f"audio must have shape (T,), got {tuple(audio.shape)}")
+    samples = audio.detach().to("cpu", torch.float32).clamp(-1.0, 1.0).numpy()
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, sample_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _write_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ArcliError(f"cannot write '{path}': folder '{path.parent}' does not exist")
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        # os.open with 0o666 lets the umask set the final permissions, as open() would
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        raise ArcliError(f"cannot write '{path}': {error.strerror or error}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_wav(path: str | Path, audio: torch.Tensor, sample_rate: int) -> None:
+    """Write audio (T,) in [-1, 1] as 16-bit PCM WAV; `path` "-" writes it to stdout."""
+    data = _pcm16_wav_bytes(audio, sample_rate)
+    if str(path) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        _write_atomic(path, data)
+
+
+# A dark-to-bright palette in the spirit of matplotlib's "magma": black, purple, red, orange,
+# pale yellow. Brightness rises steadily, so loudness reads the same in colour and in grey.
+_PALETTE_STOPS = np.array(
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 253, 191],
+    ],
+    dtype=np.float64,
+)
+_DYNAMIC_RANGE_DB = 80.0
+_MAX_WIDTH = 4000  # pixels; longer audio gets a larger hop rather than a huge image
+
+
+def _palette(levels: int = 256) -> np.ndarray:
+    """(levels, 3) uint8 colours, linearly interpolated between the stops."""
+    positions = np.linspace(0, len(_PALETTE_STOPS) - 1, levels)
+    lower = np.floor(positions).astype(int).clip(max=len(_PALETTE_STOPS) - 2)
+    fraction = (positions - lower)[:, None]
+    colours = _PALETTE_STOPS[lower] * (1 - fraction) + _PALETTE_STOPS[lower + 1] * fraction
+    return colours.round().astype(np.uint8)
+
+
+def write_spectrogram_png(path: str | Path, audio: torch.Tensor, sample_rate: int) -> None:
+    """Draw a log-magnitude spectrogram of audio (T,) as a PNG: time left to right, frequency
+    (0 to sample_rate / 2) bottom to top, the top 80 dB mapped from dark to bright."""
+    if audio.dim() != 1 or audio.numel() == 0:
+        raise ValueError(f"audio must have shape (T,) with T > 0, got {tuple(audio.shape)}")
+    n_fft = 2 ** math.ceil(math.log2(0.032 * sample_rate))  # ~32 ms windows: 512 at 16 kHz
+    hop = max(n_fft // 4, math.ceil(audio.numel() / _MAX_WIDTH))
+    signal = audio.detach().to("cpu", torch.float32)
+    if signal.numel() < n_fft:
+        signal = torch.nn.functional.pad(signal, (0, n_fft - signal.numel()))
+    spectrum = torch.stft(
+        signal, n_fft, hop_length=hop, window=torch.hann_window(n_fft), return_complex=True
+    )  # (n_fft // 2 + 1, frames)
+    decibels = 20 * torch.log10(spectrum.abs() + 1e-8)
+    floor = decibels.max() - _DYNAMIC_RANGE_DB
+    level = ((decibels - floor) / _DYNAMIC_RANGE_DB).clamp(0, 1)
+    indices = (level * 255).round().to(torch.uint8).flip(0).numpy()  # row 0 = highest frequency
+    image = Image.fromarray(_palette()[indices])  # RGB from (H, W, 3) uint8
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    _write_atomic(path, buffer.getvalue())

@@ -1,0 +1,57 @@
+"""`arcli beam-translate`: translate text line by line, ready for `| sacrebleu ref.txt`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from arcli.cli import options as opt
+from arcli.cli.common import load, progress_bar, user_errors
+from arcli.errors import OptionError
+from arcli.tasks import TranslateRequest
+
+
+@user_errors
+def beam_translate(
+    model: opt.ModelName,
+    input: Annotated[Path | None, typer.Argument(help="Text file, one sentence per line; stdin when omitted.", show_default=False)] = None,
+    output: opt.Output = "-",
+    batch_size: Annotated[int, typer.Option(help="Sentences decoded together.")] = 32,
+    max_length_ratio: Annotated[float | None, typer.Option(help="At most this many target tokens per source token (plus 10); --max-length caps it.")] = 2.0,
+    checkpoint: opt.Checkpoint = None,
+    device: opt.Device = opt.DeviceChoice.auto,
+    seed: opt.Seed = None,
+    force: opt.Force = False,
+    quiet: opt.Quiet = False,
+    strategy: opt.Strategy = None,
+    temperature: opt.Temperature = None,
+    top_k: opt.TopK = None,
+    top_p: opt.TopP = None,
+    beam_size: opt.BeamSize = 5,
+    nbest: opt.NBest = 1,
+    length_penalty: opt.LengthPenalty = 1.0,
+    max_length: opt.MaxLength = None,
+    min_length: opt.MinLength = 0,
+) -> None:
+    """Translate INPUT (or stdin) with MODEL: exactly one output line per input line, in order.
+
+    With --nbest N > 1 each input gives N lines `index<TAB>score<TAB>hypothesis`.
+    """
+    if batch_size < 1:
+        raise OptionError(f"--batch-size must be >= 1, got {batch_size}")
+    if max_length_ratio is not None and max_length_ratio <= 0:
+        raise OptionError(f"--max-length-ratio must be > 0, got {max_length_ratio}")
+    decoding = opt.decoding(strategy, temperature, top_k, top_p, beam_size, nbest, length_penalty, max_length, min_length, seed)
+    decoding.make_strategy("beam")
+    loaded = load(model, checkpoint, device.value)
+    update, close = progress_bar("sent", quiet)
+    request = TranslateRequest(
+        input=input, output=output, decoding=decoding, max_length_ratio=max_length_ratio,
+        batch_size=batch_size, force=force, progress=update,
+    )
+    try:
+        loaded.family.task.translate(loaded, request)
+    finally:
+        close()

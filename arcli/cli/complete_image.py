@@ -1,0 +1,57 @@
+"""`arcli complete-image`: fill in the hidden part of images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from arcli.cli import options as opt
+from arcli.cli.common import load, progress_bar, user_errors
+from arcli.errors import OptionError
+from arcli.tasks import CompleteRequest
+
+
+@user_errors
+def complete_image(
+    model: opt.ModelName,
+    images: Annotated[list[Path], typer.Argument(help="Images to complete (any size or mode; converted to the model's).", show_default=False)],
+    mask: Annotated[str, typer.Option(help="What is hidden: bottom, top, left, right, center, random, or a mask PNG (white = hidden).")] = "bottom",
+    count: Annotated[int, typer.Option("--count", "-n", help="Completions per image.")] = 8,
+    output: opt.Output = "completions.png",
+    output_dir: Annotated[Path | None, typer.Option(help="Also write each completion as its own PNG here.")] = None,
+    label: Annotated[int | None, typer.Option(help="Class label of a conditional model.")] = None,
+    checkpoint: opt.Checkpoint = None,
+    device: opt.Device = opt.DeviceChoice.auto,
+    seed: opt.Seed = None,
+    force: opt.Force = False,
+    quiet: opt.Quiet = False,
+    strategy: opt.Strategy = None,
+    temperature: opt.Temperature = None,
+    top_k: opt.TopK = None,
+    top_p: opt.TopP = None,
+    beam_size: opt.BeamSize = 5,
+    nbest: opt.NBest = 1,
+    length_penalty: opt.LengthPenalty = 1.0,
+) -> None:
+    """Complete the hidden part of each IMAGE; the grid shows original, occluded input and completions.
+
+    Known pixels are kept exactly. Pixels after the hole in raster order are honoured by importance
+    resampling: proposals are drawn with the known pixels forced, then resampled by the likelihood
+    the model gives the known pixels that follow the hole.
+    """
+    if count < 1:
+        raise OptionError(f"--count must be >= 1, got {count}")
+    decoding = opt.decoding(strategy, temperature, top_k, top_p, beam_size, nbest, length_penalty, None, 0, seed)
+    decoding.make_strategy("sample")
+    loaded = load(model, checkpoint, device.value)
+    update, close = progress_bar(loaded.family.task.progress_unit, quiet)
+    request = CompleteRequest(
+        images=images, mask=mask, output=output, count=count, output_dir=output_dir, decoding=decoding,
+        label=label, force=force, progress=update,
+    )
+    try:
+        loaded.family.task.complete_image(loaded, request)
+    finally:
+        close()

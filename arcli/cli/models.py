@@ -1,0 +1,80 @@
+"""`arcli models`: what is registered, and `arcli models info NAME`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import typer
+
+from arcli.checkpoint import read_checkpoint
+from arcli.cli.common import user_errors
+from arcli.cli.options import ModelName
+from arcli.registry import family_names, get_family
+from arcli.tasks import nats_to
+
+app = typer.Typer(help="List the registered models; `arcli models info NAME` for one.", invoke_without_command=True)
+
+
+def _shipped(family):
+    """The shipped checkpoint's metadata, or None."""
+    if family.default_checkpoint is None:
+        return None
+    path = family.checkpoint_path(None)
+    return read_checkpoint(path, expected_model=family.name)
+
+
+def _headline(family, stored) -> str:
+    if stored is None:
+        return "-"
+    metric = stored.metrics.get("valid_nll")
+    if metric is None:
+        return "-"
+    unit = family.task.unit
+    label = "ppl" if unit == "nats/token" else unit
+    return f"{nats_to(unit, metric):.3f} {label} (held-out)"
+
+
+@app.callback()
+@user_errors
+def models(ctx: typer.Context) -> None:
+    """List the registered models: name, modality, parameters, shipped checkpoint, headline metric."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = [("NAME", "MODALITY", "PARAMS", "CHECKPOINT", "METRIC", "ABOUT")]
+    for name in family_names():
+        family = get_family(name)
+        stored = _shipped(family)
+        config = family.config(stored.config if stored else None)
+        params = sum(p.numel() for p in family.build(config).parameters())
+        rows.append((name, family.modality, _count(params), family.default_checkpoint or "-", _headline(family, stored), family.summary))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+@app.command()
+@user_errors
+def info(name: ModelName) -> None:
+    """Config, parameter count, receptive field and shipped checkpoint of one model."""
+    family = get_family(name)
+    stored = _shipped(family)
+    config = family.config(stored.config if stored else None)
+    model = family.build(config)
+    typer.echo(f"{family.name}: {family.summary}")
+    typer.echo(f"modality: {family.modality}")
+    typer.echo(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
+    for key, value in family.task.info(family, model).items():
+        typer.echo(f"{key}: {value}")
+    typer.echo("config:" + ("" if stored else " (defaults; no shipped checkpoint)"))
+    for key, value in dataclasses.asdict(config).items():
+        typer.echo(f"  {key} = {value}")
+    if stored:
+        typer.echo(f"checkpoint: {stored.path}")
+        typer.echo(f"  metrics: {json.dumps(stored.metrics)}")
+        if stored.training:
+            typer.echo(f"  training: {json.dumps(stored.training)}")
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"

@@ -1,0 +1,55 @@
+"""`arcli sample`: generate new audio, images or text from a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from arcli.cli import options as opt
+from arcli.cli.common import load, progress_bar, user_errors
+from arcli.errors import OptionError
+from arcli.tasks import SampleRequest
+
+
+@user_errors
+def sample(
+    model: opt.ModelName,
+    output: opt.Output = "-",
+    count: Annotated[int, typer.Option("--count", "-n", help="How many samples (generated as one batch).")] = 1,
+    seconds: Annotated[float | None, typer.Option(help="Audio: length in seconds.")] = None,
+    speaker: Annotated[int | None, typer.Option(help="Audio: speaker id of a conditional model.")] = None,
+    label: Annotated[int | None, typer.Option(help="Images: class label of a conditional model.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Text: the start of the text to continue.")] = None,
+    spectrogram: Annotated[Path | None, typer.Option(help="Audio: also draw the spectrogram to this PNG.")] = None,
+    checkpoint: opt.Checkpoint = None,
+    device: opt.Device = opt.DeviceChoice.auto,
+    seed: opt.Seed = None,
+    force: opt.Force = False,
+    quiet: opt.Quiet = False,
+    strategy: opt.Strategy = None,
+    temperature: opt.Temperature = None,
+    top_k: opt.TopK = None,
+    top_p: opt.TopP = None,
+    beam_size: opt.BeamSize = 5,
+    nbest: opt.NBest = 1,
+    length_penalty: opt.LengthPenalty = 1.0,
+    max_length: opt.MaxLength = None,
+    min_length: opt.MinLength = 0,
+) -> None:
+    """Generate new samples from MODEL (its shipped checkpoint unless --checkpoint)."""
+    if count < 1:
+        raise OptionError(f"--count must be >= 1, got {count}")
+    decoding = opt.decoding(strategy, temperature, top_k, top_p, beam_size, nbest, length_penalty, max_length, min_length, seed)
+    decoding.make_strategy("sample")  # check the decoding options before loading anything
+    loaded = load(model, checkpoint, device.value)
+    update, close = progress_bar(loaded.family.task.progress_unit, quiet)
+    request = SampleRequest(
+        output=output, count=count, decoding=decoding, seconds=seconds, speaker=speaker, label=label,
+        prompt=prompt, spectrogram=spectrogram, force=force, progress=update,
+    )
+    try:
+        loaded.family.task.sample(loaded, request)
+    finally:
+        close()

@@ -1,0 +1,112 @@
+"""`arcli train`: fit a model to data with the one generic training loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from arcli.checkpoint import save_checkpoint
+from arcli.cli import options as opt
+from arcli.cli.common import resolve_device, user_errors
+from arcli.errors import ArcliError, OptionError
+from arcli.outputs import check_new
+from arcli.registry import get_family
+from arcli.tasks import TrainRequest
+from arcli.training import TrainOptions, train as run_training
+
+TRAINING = "Training"
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise OptionError(f"--set expects KEY=VALUE, got {pair!r}")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
+def state_path_for(output: Path) -> Path:
+    """The resumable training state written beside the model checkpoint."""
+    return output.with_name(output.stem + ".train.safetensors")
+
+
+@user_errors
+def train(
+    model: opt.ModelName,
+    data: Annotated[list[Path], typer.Option("--data", "-d", help="Training data: files or folders (repeat for several).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
+    valid: Annotated[list[Path] | None, typer.Option(help="Held-out data; default: a slice of --data.")] = None,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="Model setting KEY=VALUE (see `arcli models info`).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimisation steps.", rich_help_panel=TRAINING)] = TrainOptions.steps,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.", rich_help_panel=TRAINING)] = TrainOptions.batch_size,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).", rich_help_panel=TRAINING)] = TrainOptions.learning_rate,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.", rich_help_panel=TRAINING)] = TrainOptions.weight_decay,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps, then cosine decay.", rich_help_panel=TRAINING)] = TrainOptions.warmup_steps,
+    clip_norm: Annotated[float, typer.Option(help="Gradient-norm clip (0: off).", rich_help_panel=TRAINING)] = 1.0,
+    eval_every: Annotated[int, typer.Option(help="Held-out evaluation every N steps.", rich_help_panel=TRAINING)] = TrainOptions.eval_every,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.", rich_help_panel=TRAINING)] = TrainOptions.save_every,
+    resume: Annotated[Path | None, typer.Option(help="Continue from a training state (*.train.safetensors).", rich_help_panel=TRAINING)] = None,
+    half: Annotated[bool, typer.Option(help="Store the weights in float16 (half the file size).")] = False,
+    device: opt.Device = opt.DeviceChoice.auto,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
+    force: opt.Force = False,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Train MODEL on --data and write the checkpoint to --output (plus a resumable training state).
+
+    Ctrl-C saves a checkpoint and a training state; continue with --resume.
+    """
+    for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--eval-every", eval_every), ("--save-every", save_every)):
+        if value < 1:
+            raise OptionError(f"{name} must be >= 1, got {value}")
+    if learning_rate <= 0 or warmup_steps < 0 or clip_norm < 0 or weight_decay < 0:
+        raise OptionError("--lr must be > 0 and --warmup-steps, --clip-norm, --weight-decay >= 0")
+    if output.suffix != ".safetensors":
+        raise OptionError(f"--output must end in .safetensors, got '{output}'")
+    if resume is None:
+        check_new(output, force)
+    elif not resume.exists():
+        raise ArcliError(f"--resume: training state '{resume}' does not exist")
+    family = get_family(model)
+    where = resolve_device(device.value)
+    config = family.config(overrides=_settings(settings or []))
+    setup = family.task.prepare_training(family, config, TrainRequest(data=list(data), valid=list(valid or [])))
+
+    torch.manual_seed(seed)
+    net = family.build(setup.config).to(where)
+    options = TrainOptions(
+        steps=steps, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
+        warmup_steps=warmup_steps, clip_norm=clip_norm or None, eval_every=eval_every,
+        save_every=save_every, seed=seed,
+    )
+    provenance = {
+        "command": "arcli " + shlex.join(sys.argv[1:]),
+        "data": [str(p) for p in data],
+        "seed": seed,
+        "options": dataclasses.asdict(options),
+        "device": torch.cuda.get_device_name(where) if where.type == "cuda" else f"{where.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+    }
+
+    def save(metrics: dict) -> None:
+        save_checkpoint(
+            output, family.name, setup.config, net.state_dict(), data=setup.data_meta, tokenizer=setup.tokenizer,
+            training={**provenance, "steps": metrics.get("step"), "wall_seconds": metrics.get("wall_seconds")},
+            metrics=metrics, dtype=torch.float16 if half else None,
+        )
+
+    result = run_training(
+        net, family.task.loss, setup.data, options, unit=family.task.unit, save=save, resume_path=resume,
+        state_path=state_path_for(output), device=where, progress=not quiet,
+    )
+    if not result.interrupted:
+        typer.echo(f"wrote {output} ({result.steps} steps, {result.wall_seconds:.0f} s)", err=True)

@@ -1,0 +1,169 @@
+"""Tasks: what each modality does for the subcommands.
+
+A task sits between the CLI and the library. It turns a subcommand's request into data loading,
+engine calls and files written, for one modality (audio, image, text ...). The CLI modules parse
+options and hand a request to `family.task`; a task refuses a subcommand it does not serve with
+one clear line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from arcli.decoding import Strategy, make_strategy
+from arcli.errors import ArcliError
+
+if TYPE_CHECKING:
+    from arcli.checkpoint import Checkpoint
+    from arcli.registry import ModelFamily
+    from arcli.training import LossOutput, TrainData
+
+LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The decoding options shared by every generating command; `None` means "the default"."""
+
+    strategy: str | None = None  # None: the task's default strategy
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    beam_size: int = 5
+    nbest: int = 1
+    length_penalty: float = 1.0
+    max_length: int | None = None
+    min_length: int = 0
+    seed: int | None = None
+
+    def make_strategy(self, default: str, nbest: int | None = None) -> Strategy:
+        return make_strategy(
+            self.strategy or default, beam_size=self.beam_size, nbest=self.nbest if nbest is None else nbest,
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+            length_penalty=self.length_penalty, seed=self.seed,
+        )
+
+
+@dataclass
+class Loaded:
+    """A model ready to use: the family, the module on its device, and its checkpoint."""
+
+    family: ModelFamily
+    model: torch.nn.Module
+    checkpoint: Checkpoint
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    data: list[Path]
+    valid: list[Path] = field(default_factory=list)  # empty: the task holds out part of `data`
+    valid_fraction: float = 0.05
+
+
+@dataclass
+class TrainingSetup:
+    config: Any  # the family's config dataclass, completed from the data (e.g. speaker count)
+    data: TrainData
+    data_meta: dict  # stored in the checkpoint: what the model expects (rate, shape, levels ...)
+    tokenizer: dict | None = None
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    output: str  # a path, or "-" for stdout
+    count: int = 1
+    decoding: Decoding = Decoding()
+    seconds: float | None = None  # audio
+    speaker: int | None = None  # audio, conditional models
+    label: int | None = None  # images, class-conditional models
+    prompt: str | None = None  # text
+    spectrogram: Path | None = None  # audio: also draw the result
+    force: bool = False  # overwrite existing output files
+    progress: Callable[[int, int], None] | None = None
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    inputs: list[Path]
+    output: str = "-"
+    heatmap: Path | None = None  # images: per-pixel surprise
+    src: Path | None = None  # translation
+    tgt: Path | None = None
+    force: bool = False
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class CompleteRequest:
+    images: list[Path]
+    mask: str  # bottom | top | left | right | center | random | path to a mask PNG
+    output: str
+    count: int = 8
+    output_dir: Path | None = None
+    decoding: Decoding = Decoding()
+    label: int | None = None
+    force: bool = False
+    progress: Callable[[int, int], None] | None = None
+
+
+@dataclass(frozen=True)
+class TranslateRequest:
+    input: Path | None  # None: stdin
+    output: str = "-"
+    decoding: Decoding = Decoding()
+    max_length_ratio: float | None = None  # max target tokens per source token (with --max-length as a cap)
+    batch_size: int = 32
+    force: bool = False
+    progress: Callable[[int, int], None] | None = None
+
+
+class Task:
+    """Base class: every subcommand is refused until a modality implements it."""
+
+    modality = ""
+    unit = "nats/token"  # how training and scoring report likelihood
+    default_strategy = "sample"
+    progress_unit = "tok"  # what the progress bar counts
+
+    def _refuse(self, family: ModelFamily, what: str) -> ArcliError:
+        return ArcliError(f"'{family.name}' is {_article(self.modality)} {self.modality} model: it cannot {what} (see `arcli models`)")
+
+    def info(self, family: ModelFamily, model: torch.nn.Module) -> dict[str, str]:
+        """Extra lines for `arcli models info` (receptive field, sample rate ...)."""
+        return {}
+
+    def prepare_training(self, family: ModelFamily, config: Any, request: TrainRequest) -> TrainingSetup:
+        raise self._refuse(family, "be trained")
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> LossOutput:
+        raise NotImplementedError
+
+    def sample(self, loaded: Loaded, request: SampleRequest) -> None:
+        raise self._refuse(loaded.family, "sample")
+
+    def score(self, loaded: Loaded, request: ScoreRequest) -> None:
+        raise self._refuse(loaded.family, "score files")
+
+    def complete_image(self, loaded: Loaded, request: CompleteRequest) -> None:
+        raise self._refuse(loaded.family, "complete images (complete-image needs an image model)")
+
+    def translate(self, loaded: Loaded, request: TranslateRequest) -> None:
+        raise self._refuse(loaded.family, "translate (beam-translate needs a translation model)")
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def nats_to(unit: str, nats_per_unit: float) -> float:
+    """Nats per unit in the unit's own terms: bits for bits/*, perplexity for nats/token."""
+    if unit.startswith("bits/"):
+        return nats_per_unit / LN2
+    return math.exp(min(nats_per_unit, 700.0))

@@ -1,0 +1,1 @@
+"""Text helpers: tokenizers and reading line-oriented text files."""

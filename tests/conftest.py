@@ -35,3 +35,14 @@ def os_pathsep_join(*paths: Path) -> str:
     import os
 
     return os.pathsep.join(str(p) for p in paths)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models run faster on one thread, and the suite's timing is steadier on shared cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

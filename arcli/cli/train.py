@@ -12,7 +12,7 @@ from typing import Annotated
 import torch
 import typer
 
-from arcli.checkpoint import save_checkpoint
+from arcli.checkpoint import save_checkpoint, training_state_path
 from arcli.cli import options as opt
 from arcli.cli.common import resolve_device, user_errors
 from arcli.errors import ArcliError, OptionError
@@ -32,11 +32,6 @@ def _settings(pairs: list[str]) -> dict[str, str]:
             raise OptionError(f"--set expects KEY=VALUE, got {pair!r}")
         settings[key.strip()] = value.strip()
     return settings
-
-
-def state_path_for(output: Path) -> Path:
-    """The resumable training state written beside the model checkpoint."""
-    return output.with_name(output.stem + ".train.safetensors")
 
 
 @user_errors
@@ -106,7 +101,7 @@ def train(
 
     result = run_training(
         net, family.task.loss, setup.data, options, unit=family.task.unit, save=save, resume_path=resume,
-        state_path=state_path_for(output), device=where, progress=not quiet,
+        state_path=training_state_path(output), device=where, progress=not quiet,
     )
     if not result.interrupted:
         typer.echo(f"wrote {output} ({result.steps} steps, {result.wall_seconds:.0f} s)", err=True)

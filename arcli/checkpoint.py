@@ -26,9 +26,7 @@ import dataclasses
 import json
 import os
 import struct
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from arcli.errors import ArcliError, CheckpointError
+from arcli.errors import CheckpointError
+from arcli.outputs import atomic_path as atomic_write
 
 FORMAT = "arcli-1"
 TRAINING_FORMAT = "arcli-train-1"
@@ -89,28 +88,6 @@ class TrainingState:
 
 # -------------------------------------------------------------------------------------------------
 # writing
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path` for the caller to write; on success it replaces
-    `path` (os.replace, atomic on POSIX and Windows), on any exception it is deleted and `path` is
-    left as it was. The temporary file is created by the caller's writer, so it gets the usual
-    permissions."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ArcliError(f"cannot write '{path}': directory '{path.parent}' does not exist")
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        yield temp
-        if not temp.exists():
-            raise RuntimeError(f"atomic_write: nothing was written to the temporary file of '{path}'")
-        with open(temp, "rb") as f:  # the data must be on disk before the rename makes it visible
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -28,17 +28,31 @@ def check_new(path: str | Path, force: bool) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside `path`; renamed onto it only if the block succeeds."""
+    """A temporary path beside `path` for the caller to write; when the block succeeds the data is
+    flushed to disk and renamed onto `path` (atomic on POSIX and Windows), on any exception the
+    temporary file is deleted and `path` is left as it was. The file gets the usual permissions
+    (0666 less the umask), whatever the writer used."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if not path.parent.is_dir():
+        raise ArcliError(f"cannot write '{path}': folder '{path.parent}' does not exist")
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        yield temp
+        if not temp.exists():
+            raise RuntimeError(f"nothing was written to the temporary file of '{path}'")
+        with open(temp, "rb") as f:  # the data must be on disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.chmod(temp, 0o666 & ~_umask())
+        os.replace(temp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        temp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager

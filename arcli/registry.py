@@ -63,15 +63,19 @@ class ModelFamily:
         """The checkpoint to use: the one given, else the shipped default."""
         if checkpoint is not None:
             return Path(checkpoint)
-        if self.default_checkpoint is None:
+        path = self.shipped_checkpoint()
+        if path is None:
             raise ArcliError(
                 f"'{self.name}' has no shipped checkpoint: train one with `arcli train {self.name} ...` "
                 "and pass it with --checkpoint FILE"
             )
-        path = checkpoints_dir() / self.default_checkpoint
         if not path.exists():
             raise CheckpointError(f"the shipped checkpoint {path} is missing: reinstall arcli or pass --checkpoint FILE")
         return path
+
+    def shipped_checkpoint(self) -> Path | None:
+        """Where the shipped checkpoint is installed (it may be missing), or None if there is none."""
+        return None if self.default_checkpoint is None else checkpoints_dir() / self.default_checkpoint
 
     def load(self, checkpoint: str | Path | None, device: torch.device) -> tuple[torch.nn.Module, Checkpoint]:
         """Rebuild the model from a checkpoint (the shipped one when `checkpoint` is None)."""

@@ -215,10 +215,11 @@ def train(
                     "loss " + format_nll(sum(n for n, _ in recent) / sum(c for _, c in recent), unit), refresh=False
                 )
 
+                # Held-out evaluation can take minutes: only every eval_every steps and at the end,
+                # not at every save, nor on an interruption (which should stop promptly).
                 stopping = stop.requested is not None
-                final = stopping or step == options.steps
-                saving = final or step % options.save_every == 0
-                if saving or step % options.eval_every == 0:
+                saving = stopping or step == options.steps or step % options.save_every == 0
+                if step == options.steps or step % options.eval_every == 0:
                     with _rng_unchanged(device):
                         valid_nll = _evaluate(model, loss_fn, data, options.batch_size, device, amp_dtype, progress)
                     train_nll = since_eval[0] / since_eval[1] if since_eval[1] else None
@@ -229,6 +230,7 @@ def train(
                     seconds = earlier_seconds + time.perf_counter() - started
                     metrics: dict[str, Any] = {"step": step, "wall_seconds": round(seconds, 1)}
                     if valid_nll is not None:
+                        metrics["valid_step"] = history[-1]["step"]  # when valid_nll was measured
                         metrics["valid_nll"] = valid_nll
                         metrics.update({f"valid_{k}": v for k, v in nll_metrics(valid_nll, unit).items()})
                     with _rng_unchanged(device):

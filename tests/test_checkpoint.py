@@ -166,7 +166,7 @@ def test_failed_save_leaves_the_old_checkpoint(tmp_path):
 
 
 def test_atomic_write_into_a_missing_directory(tmp_path):
-    with pytest.raises(ArcliError, match="directory .* does not exist"):
+    with pytest.raises(ArcliError, match="folder .* does not exist"):
         with atomic_write(tmp_path / "nope" / "m.safetensors"):
             pass
 

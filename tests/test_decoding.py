@@ -4,7 +4,7 @@ import pytest
 import torch
 from fakes import TableModel, all_sequences, dict_table, random_table
 
-from arcli.decoding import Known, TopK, TopP, Temperature, generate, make_strategy
+from arcli.decoding import Known, Temperature, TopK, TopP, generate, make_strategy
 from arcli.errors import ArcliError, OptionError
 
 EOS, A, B = 0, 1, 2

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import secrets
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from arcli.errors import ArcliError, DataError
+from arcli.outputs import atomic_path
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -97,22 +97,11 @@ def _pcm16_wav_bytes(audio: torch.Tensor, sample_rate: int) -> bytes:
 
 def _write_atomic(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` through a temp file in the same folder and a rename."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ArcliError(f"cannot write '{path}': folder '{path.parent}' does not exist")
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        # os.open with 0o666 lets the umask set the final permissions, as open() would
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(data)
     except OSError as error:
         raise ArcliError(f"cannot write '{path}': {error.strerror or error}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def write_wav(path: str | Path, audio: torch.Tensor, sample_rate: int) -> None:

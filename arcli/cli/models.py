@@ -17,11 +17,9 @@ app = typer.Typer(help="List the registered models; `arcli models info NAME` for
 
 
 def _shipped(family):
-    """The shipped checkpoint's metadata, or None."""
-    if family.default_checkpoint is None:
-        return None
-    path = family.checkpoint_path(None)
-    return read_checkpoint(path, expected_model=family.name)
+    """The shipped checkpoint, or None when the family has none (or it is not installed)."""
+    path = family.shipped_checkpoint()
+    return read_checkpoint(path, expected_model=family.name) if path is not None and path.exists() else None
 
 
 def _headline(family, stored) -> str:
@@ -47,7 +45,8 @@ def models(ctx: typer.Context) -> None:
         stored = _shipped(family)
         config = family.config(stored.config if stored else None)
         params = sum(p.numel() for p in family.build(config).parameters())
-        rows.append((name, family.modality, _count(params), family.default_checkpoint or "-", _headline(family, stored), family.summary))
+        shipped = family.default_checkpoint if stored else f"{family.default_checkpoint} (not installed)" if family.default_checkpoint else "-"
+        rows.append((name, family.modality, _count(params), shipped, _headline(family, stored), family.summary))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import platform
 import shlex
 import sys
 from pathlib import Path
@@ -19,7 +18,8 @@ from arcli.errors import ArcliError, OptionError
 from arcli.outputs import check_new
 from arcli.registry import get_family
 from arcli.tasks import TrainRequest
-from arcli.training import TrainOptions, train as run_training
+from arcli.training import TrainOptions, describe_hardware
+from arcli.training import train as run_training
 
 TRAINING = "Training"
 
@@ -88,7 +88,7 @@ def train(
         "data": [str(p) for p in data],
         "seed": seed,
         "options": dataclasses.asdict(options),
-        "device": torch.cuda.get_device_name(where) if where.type == "cuda" else f"{where.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": describe_hardware(where),
         "torch": torch.__version__,
     }
 

@@ -34,7 +34,7 @@ class Strategy(ABC):
     nbest: int = 1  # hypotheses returned per input row
     replaces_finished: bool = False  # True: a hypothesis that ends is replaced by the next best
 
-    def begin(self, num_rows: int, row_offset: int) -> None:
+    def begin(self, num_rows: int, row_offset: int) -> None:  # noqa: B027 - a hook, empty by default
         """Called once before decoding `num_rows` rows (global indices start at `row_offset`)."""
 
     @abstractmethod
@@ -76,7 +76,7 @@ class Sample(Strategy):
         self._generators: list[torch.Generator] = []
         self._uniforms: torch.Tensor | None = None  # (rows, W, chunk)
 
-    def begin(self, num_rows: int, row_offset: int) -> None:
+    def begin(self, num_rows: int, row_offset: int) -> None:  # noqa: B027 - a hook, empty by default
         self._generators = [
             torch.Generator().manual_seed(_stream_seed(self.seed, row_offset + row, hyp))
             for row in range(num_rows)

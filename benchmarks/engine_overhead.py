@@ -1,7 +1,9 @@
 """Engine overhead: time per decoding step of `arcli.decoding.generate` around a trivial model,
 beside the model's own step time, for greedy, sampling and beam 5 at batch 1 and 64.
 
-    python benchmarks/engine_overhead.py [--steps 300] [--vocab 256] [--device cpu]
+    python benchmarks/engine_overhead.py [--steps 300] [--vocab 256] [--device cpu] [--threads 1]
+
+Each figure is the best of `--repeats` runs, since shared machines are noisy.
 
 The trivial model is one embedding lookup per step (logits = table[previous token]), so nearly all
 of the time above its own step time is the engine's: log-softmax, the strategy, book-keeping.
@@ -37,6 +39,10 @@ class Lookup(nn.Module):
         return state[index]
 
 
+def best_of(repeats: int, measure) -> float:
+    return min(measure() for _ in range(repeats))
+
+
 def model_step_time(model: Lookup, rows: int, steps: int) -> float:
     """Seconds per step of the model alone, driven by a bare loop feeding argmax tokens."""
     with torch.inference_mode():
@@ -68,7 +74,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--vocab", type=int, default=256)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadiest for small steps)")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = Lookup(args.vocab).to(args.device).eval()
     print(f"device {args.device}, vocab {args.vocab}, {args.steps} steps, torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -76,8 +85,8 @@ def main() -> None:
     for batch in (1, 64):
         for strategy in ("greedy", "sample", "beam"):
             rows = batch * (5 if strategy == "beam" else 1)
-            alone = model_step_time(model, rows, args.steps)
-            total = engine_step_time(model, strategy, batch, args.steps)
+            alone = best_of(args.repeats, lambda: model_step_time(model, rows, args.steps))
+            total = best_of(args.repeats, lambda: engine_step_time(model, strategy, batch, args.steps))
             print(
                 f"{strategy:<8} {batch:>5} {rows:>5} {alone * 1e6:>10.1f}us {total * 1e6:>10.1f}us "
                 f"{(total - alone) * 1e6:>8.1f}us {total / alone:>6.1f}"

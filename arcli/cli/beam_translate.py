@@ -22,6 +22,7 @@ def beam_translate(
     max_length_ratio: Annotated[float | None, typer.Option(help="At most this many target tokens per source token (plus 10); --max-length caps it.")] = 2.0,
     checkpoint: opt.Checkpoint = None,
     device: opt.Device = opt.DeviceChoice.auto,
+    threads: opt.Threads = None,
     seed: opt.Seed = None,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
@@ -45,7 +46,7 @@ def beam_translate(
         raise OptionError(f"--max-length-ratio must be > 0, got {max_length_ratio}")
     decoding = opt.decoding(strategy, temperature, top_k, top_p, beam_size, nbest, length_penalty, max_length, min_length, seed)
     decoding.make_strategy("beam")
-    loaded = load(model, checkpoint, device.value)
+    loaded = load(model, checkpoint, device.value, threads)
     update, close = progress_bar("sent", quiet)
     request = TranslateRequest(
         input=input, output=output, decoding=decoding, max_length_ratio=max_length_ratio,

@@ -24,6 +24,7 @@ def complete_image(
     label: Annotated[int | None, typer.Option(help="Class label of a conditional model.")] = None,
     checkpoint: opt.Checkpoint = None,
     device: opt.Device = opt.DeviceChoice.auto,
+    threads: opt.Threads = None,
     seed: opt.Seed = None,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
@@ -45,7 +46,7 @@ def complete_image(
         raise OptionError(f"--count must be >= 1, got {count}")
     decoding = opt.decoding(strategy, temperature, top_k, top_p, beam_size, nbest, length_penalty, None, 0, seed)
     decoding.make_strategy("sample")
-    loaded = load(model, checkpoint, device.value)
+    loaded = load(model, checkpoint, device.value, threads, stepwise=True)
     update, close = progress_bar(loaded.family.task.progress_unit, quiet)
     request = CompleteRequest(
         images=images, mask=mask, output=output, count=count, output_dir=output_dir, decoding=decoding,

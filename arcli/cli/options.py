@@ -34,6 +34,10 @@ Device = Annotated[DeviceChoice, typer.Option(help="auto: cuda, then mps, then c
 Seed = Annotated[int | None, typer.Option(help="Seed for a repeatable run.")]
 Output = Annotated[str, typer.Option("--output", "-o", help="Output file; '-' for stdout.")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite output files that already exist.")]
+Threads = Annotated[
+    int | None,
+    typer.Option(help="CPU threads for torch; default 1 when generating one step at a time on the CPU (more threads only add waiting), torch's own otherwise."),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 Strategy = Annotated[

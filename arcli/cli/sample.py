@@ -25,6 +25,7 @@ def sample(
     spectrogram: Annotated[Path | None, typer.Option(help="Audio: also draw the spectrogram to this PNG.")] = None,
     checkpoint: opt.Checkpoint = None,
     device: opt.Device = opt.DeviceChoice.auto,
+    threads: opt.Threads = None,
     seed: opt.Seed = None,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
@@ -43,7 +44,7 @@ def sample(
         raise OptionError(f"--count must be >= 1, got {count}")
     decoding = opt.decoding(strategy, temperature, top_k, top_p, beam_size, nbest, length_penalty, max_length, min_length, seed)
     decoding.make_strategy("sample")  # check the decoding options before loading anything
-    loaded = load(model, checkpoint, device.value)
+    loaded = load(model, checkpoint, device.value, threads, stepwise=True)
     update, close = progress_bar(loaded.family.task.progress_unit, quiet)
     request = SampleRequest(
         output=output, count=count, decoding=decoding, seconds=seconds, speaker=speaker, label=label,

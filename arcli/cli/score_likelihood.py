@@ -24,6 +24,7 @@ def score_likelihood(
     batch_size: Annotated[int, typer.Option(help="Inputs scored together.")] = 16,
     checkpoint: opt.Checkpoint = None,
     device: opt.Device = opt.DeviceChoice.auto,
+    threads: opt.Threads = None,
     force: opt.Force = False,
 ) -> None:
     """Score files under MODEL: one tab-separated line per input on stdout, a summary on stderr."""
@@ -31,6 +32,6 @@ def score_likelihood(
         raise OptionError(f"--batch-size must be >= 1, got {batch_size}")
     if not inputs and src is None:
         raise OptionError("give files to score (or --src and --tgt for a translation model)")
-    loaded = load(model, checkpoint, device.value)
+    loaded = load(model, checkpoint, device.value, threads)
     request = ScoreRequest(inputs=list(inputs or []), output=output, heatmap=heatmap, src=src, tgt=tgt, force=force, batch_size=batch_size)
     loaded.family.task.score(loaded, request)

@@ -1,0 +1,170 @@
+"""WaveNet generation speed: naive recompute vs Fast WaveNet steps vs the `wavenet_vocoder` peer.
+
+    python benchmarks/wavenet_generation.py [--samples 4000] [--naive-samples 200] [--threads N]
+
+For the default (shipped) architecture, WaveNetConfig(), with random weights -- speed does not
+depend on their values -- this prints samples/s side by side for
+  (a) naive generation: for each new sample, `forward` over the last receptive-field window;
+  (b) arcli's incremental `step` (per-layer ring buffers), driven by a bare loop that samples from
+      the softmax, at batch 1 and 16; and the same through `arcli.decoding.generate` when present;
+  (c) the peer, PyPI `wavenet-vocoder==0.1.1` (r9y9), with its `incremental_forward` on the same
+      architecture (same layers, stacks and channel widths), at batch 1 (its sampler draws one row).
+Every figure is the best of --repeats runs, since a shared machine is noisy; "x real time" is
+samples per second (all rows together) over the sample rate, 16 kHz.
+
+The peer is for this benchmark only, never an arcli dependency:
+    pip install --no-deps wavenet-vocoder==0.1.1 scipy
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from arcli.models.wavenet import WaveNet, WaveNetConfig
+
+
+def best_rate(repeats: int, run) -> float:
+    """Best samples/s over `repeats` calls of run() -> (samples made, seconds)."""
+    rates = []
+    for _ in range(repeats):
+        samples, seconds = run()
+        rates.append(samples / seconds)
+    return max(rates)
+
+
+def draw(logits: torch.Tensor) -> torch.Tensor:
+    """One sample per row from softmax(logits): (B, V) -> (B,)."""
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(1)
+
+
+def naive(model: WaveNet, batch: int, samples: int):
+    """Each new sample: forward over the last receptive-field window (plus a slot for the new one)."""
+    rf = model.receptive_field
+    with torch.inference_mode():
+        window = torch.randint(0, model.vocab_size, (batch, rf + 1))  # steady state: a full past
+        draw(model(window)[:, -1])  # warm-up
+        begin = time.perf_counter()
+        for _ in range(samples):
+            token = draw(model(window)[:, -1])  # logits of the slot after the last rf samples
+            window = torch.cat([window[:, 1:-1], token[:, None], window[:, -1:]], dim=1)
+        return batch * samples, time.perf_counter() - begin
+
+
+def incremental(model: WaveNet, batch: int, samples: int):
+    with torch.inference_mode():
+        state, tokens = model.start(batch), None
+        for _ in range(50):  # warm-up (and the ring buffers fill with something)
+            logits, state = model.step(state, tokens)
+            tokens = draw(logits)
+        begin = time.perf_counter()
+        for _ in range(samples):
+            logits, state = model.step(state, tokens)
+            tokens = draw(logits)
+        return batch * samples, time.perf_counter() - begin
+
+
+def step_only(model: WaveNet, batch: int, samples: int):
+    """The model's share: steps fed fixed tokens, no softmax or sampling."""
+    with torch.inference_mode():
+        state = model.start(batch)
+        tokens = torch.randint(0, model.vocab_size, (batch,))
+        for _ in range(50):
+            _, state = model.step(state, tokens)
+        begin = time.perf_counter()
+        for _ in range(samples):
+            _, state = model.step(state, tokens)
+        return batch * samples, time.perf_counter() - begin
+
+
+def engine(model: WaveNet, batch: int, samples: int):
+    from arcli.decoding import generate
+
+    generate(model, "sample", max_length=50, batch_size=batch, seed=0)  # warm-up
+    begin = time.perf_counter()
+    generate(model, "sample", max_length=samples, batch_size=batch, seed=0)
+    return batch * samples, time.perf_counter() - begin
+
+
+def peer_model(config: WaveNetConfig):
+    """r9y9's WaveNet with arcli's architecture: kernel 2, same layers, stacks and widths."""
+    from wavenet_vocoder import WaveNet as PeerWaveNet
+
+    if config.end_channels != config.skip_channels:
+        print(f"  note: the peer's head is skip -> skip -> out; using {config.skip_channels} hidden channels")
+    model = PeerWaveNet(
+        out_channels=config.quantization_channels, layers=config.stacks * config.layers_per_stack, stacks=config.stacks,
+        residual_channels=config.residual_channels, gate_channels=2 * config.dilation_channels,
+        skip_out_channels=config.skip_channels, kernel_size=2, dropout=0.0, weight_normalization=False,
+    )
+    return model.eval()
+
+
+def peer(model, samples: int):
+    with torch.no_grad():
+        model.incremental_forward(T=20, softmax=True, quantize=True)  # warm-up
+        begin = time.perf_counter()
+        model.incremental_forward(T=samples, softmax=True, quantize=True)
+        return samples, time.perf_counter() - begin
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=4000, help="samples per row for incremental generation")
+    parser.add_argument("--naive-samples", type=int, default=200, help="samples per row for naive generation at batch 1")
+    parser.add_argument("--peer-samples", type=int, default=1000, help="samples for the peer's incremental_forward")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the best is printed")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    config = WaveNetConfig()
+    model = WaveNet(config).eval()
+    rate = config.sample_rate
+    print(f"WaveNet {config}")
+    print(f"receptive field {model.receptive_field} samples; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(f"best of {args.repeats} runs; 'x real time' = samples/s / {rate} Hz\n")
+
+    rows: list[tuple[str, int, float]] = []
+
+    def report(name: str, batch: int, value: float) -> float:
+        rows.append((name, batch, value))
+        print(f"  {name:44s} batch {batch:3d}  {value:10.0f} samples/s  {value / rate:7.3f} x real time", flush=True)
+        return value
+
+    results = {}
+    for batch in (1, 16):
+        n_naive = max(args.naive_samples // batch, 5)
+        results["naive", batch] = report("(a) naive: forward over the last window", batch,
+                                         best_rate(args.repeats, lambda b=batch, n=n_naive: naive(model, b, n)))
+        n = args.samples if batch == 1 else max(args.samples // 4, 100)
+        results["step", batch] = report("(b) arcli step + softmax sampling", batch,
+                                        best_rate(args.repeats, lambda b=batch, n=n: incremental(model, b, n)))
+        report("    arcli step alone (fixed tokens)", batch, best_rate(args.repeats, lambda b=batch, n=n: step_only(model, b, n)))
+        try:
+            results["engine", batch] = report("    arcli.decoding.generate(strategy='sample')", batch,
+                                              best_rate(args.repeats, lambda b=batch, n=n: engine(model, b, n)))
+        except ImportError as error:
+            print(f"    arcli.decoding.generate not available: {error}")
+        print(f"    incremental / naive: {results['step', batch] / results['naive', batch]:.0f}x\n")
+
+    try:
+        peer_net = peer_model(config)
+        results["peer", 1] = report("(c) peer wavenet_vocoder incremental_forward", 1,
+                                    best_rate(args.repeats, lambda: peer(peer_net, args.peer_samples)))
+        print(f"    arcli step + sampling / peer, batch 1: {results['step', 1] / results['peer', 1]:.1f}x")
+        if ("engine", 1) in results:
+            print(f"    arcli generate / peer, batch 1: {results['engine', 1] / results['peer', 1]:.1f}x")
+        print(f"    arcli step + sampling at batch 16 / peer at batch 1: {results['step', 16] / results['peer', 1]:.1f}x")
+    except Exception as error:  # any failure of the peer: say why and keep arcli's figures
+        print(f"(c) peer wavenet_vocoder unavailable: {type(error).__name__}: {error}")
+
+
+if __name__ == "__main__":
+    main()

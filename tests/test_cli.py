@@ -8,10 +8,9 @@ import sys
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from clihelpers import one_line_error, run
 
 from arcli import __version__
-from arcli.cli import app
 from arcli.decoding import Known, generate
 from arcli.registry import get_family
 
@@ -22,20 +21,6 @@ TEXT = [
     "and the word was god",
     "the same was in the beginning with god",
 ] * 10
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(app, [str(a) for a in args], input=input)
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("arcli: error: ")
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_help_lists_every_subcommand():

@@ -23,15 +23,6 @@ V = 6  # vocabulary
 T = 12  # sequence length
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train ~10x faster on one thread than on two busy cores fighting over tiny ops."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class MarkovData:
     """Sequences from a fixed first-order Markov chain: a bigram model can learn it, down to the
     chain's entropy rate, well below ln V."""

@@ -14,13 +14,12 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
+from clihelpers import one_line_error, run
 
 from arcli import registry
 from arcli.audio.io import load_audio
 from arcli.audio.mulaw import mu_law_encode
 from arcli.checkpoint import read_checkpoint, save_checkpoint
-from arcli.cli import app
 from arcli.errors import DataError
 from arcli.registry import get_family
 from arcli.tasks import TrainRequest
@@ -37,35 +36,10 @@ CLIP_SECONDS = (0.3, 0.8, 0.6)  # 2400 samples (shorter than a training crop, 40
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model's matrices are far too small to split over threads; on a busy 2-core machine
-    two OpenMP threads make each sampling step up to 100 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def ok(result):
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     return result
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("arcli: error: ")
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def write_corpus(folder: Path) -> Path:

@@ -147,20 +147,26 @@ def _decode(model, strategy: Strategy, max_length, min_length, batch_size, condi
             cand_scores, cand_tokens, cand_beams, cand_alive = _force_known(
                 strategy, known, t, rows, lprobs, scores, alive, cand_scores, cand_tokens, cand_beams, cand_alive
             )
-        ends = torch.zeros_like(cand_alive)
+        ends = None  # (b, C): candidates that end here with EOS
         if eos is not None:
             ends = (cand_tokens == eos) & cand_alive
             ends[:, width:] = False  # an EOS outside the best W does not count (fairseq)
             _finalize(strategy, finished, rows, history, t, cand_scores, cand_tokens, cand_beams, ends)
 
         if strategy.replaces_finished:  # keep the best W candidates that did not end
-            rank = torch.arange(cand_tokens.shape[1], device=device) + ends * cand_tokens.shape[1]
+            rank = torch.arange(cand_tokens.shape[1], device=device).expand_as(cand_tokens)
+            if ends is not None:
+                rank = rank + ends * cand_tokens.shape[1]
             keep = torch.topk(rank, width, dim=1, largest=False).indices  # (b, W)
-            scores, alive = cand_scores.gather(1, keep), cand_alive.gather(1, keep) & ~ends.gather(1, keep)
+            scores, alive = cand_scores.gather(1, keep), cand_alive.gather(1, keep)
+            if ends is not None:
+                alive &= ~ends.gather(1, keep)
             tokens_t, beams = cand_tokens.gather(1, keep), cand_beams.gather(1, keep)
             history = history.gather(1, beams.unsqueeze(-1).expand(-1, -1, max_length))
         else:
-            scores, alive = cand_scores, alive & cand_alive & ~ends
+            scores, alive = cand_scores, alive & cand_alive
+            if ends is not None:
+                alive &= ~ends
             tokens_t, beams = cand_tokens, None
         history[:, :, t] = tokens_t
 

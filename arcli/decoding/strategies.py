@@ -95,9 +95,9 @@ class Sample(Strategy):
         b, width, vocab = lprobs.shape
         logits = apply_processors(lprobs.reshape(b * width, vocab), self.processors)
         cdf = torch.cumsum(torch.softmax(logits, dim=-1), dim=-1)  # (b*W, V)
-        total = cdf[:, -1:]
-        below_total = torch.nextafter(total, torch.zeros_like(total))
-        target = torch.minimum(self._uniform(t, rows, lprobs.device).reshape(-1, 1) * total, below_total)
+        # u < 1, and the factor keeps u * total strictly below total despite rounding, so the
+        # chosen token's cdf step is never empty (probability > 0).
+        target = self._uniform(t, rows, lprobs.device).reshape(-1, 1) * (cdf[:, -1:] * (1 - 2**-20))
         tokens = torch.searchsorted(cdf, target, right=True).clamp_(max=vocab - 1).view(b, width)
         beams = torch.arange(width, device=lprobs.device).expand_as(tokens)
         return scores + lprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), tokens, beams

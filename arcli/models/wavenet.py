@@ -24,7 +24,7 @@ from arcli.errors import OptionError
 class ResidualBlock(nn.Module):
     """Dilated causal conv (kernel 2) -> gated tanh*sigmoid unit -> 1x1 residual and 1x1 skip."""
 
-    def __init__(self, config: "WaveNetConfig", dilation: int, last: bool = False):
+    def __init__(self, config: "WaveNetConfig", dilation: int):
         super().__init__()
         R, D, S = config.residual_channels, config.dilation_channels, config.skip_channels
         self.dilation = dilation
@@ -33,8 +33,8 @@ class ResidualBlock(nn.Module):
         # Global conditioning: a per-speaker bias on the filter and gate pre-activations.
         self.speaker = nn.Embedding(config.num_speakers, 2 * D) if config.num_speakers else None
         # No bias: a constant on the residual stream is absorbed by the next conv's bias (all but
-        # the zero padding before the start). The last block's residual output would go unused.
-        self.residual = None if last else nn.Conv1d(D, R, kernel_size=1, bias=False)
+        # the zero padding before the start). The last block's residual output goes unused.
+        self.residual = nn.Conv1d(D, R, kernel_size=1, bias=False)
         self.skip = nn.Conv1d(D, S, kernel_size=1)
 
     def forward(self, x: Tensor, speaker: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -44,7 +44,7 @@ class ResidualBlock(nn.Module):
             a = a + self.speaker(speaker).unsqueeze(-1)  # (B, 2D, 1)
         filt, gate = a.chunk(2, dim=1)  # (B, D, T) each
         z = torch.tanh(filt) * torch.sigmoid(gate)
-        return (x if self.residual is None else x + self.residual(z)), self.skip(z)
+        return x + self.residual(z), self.skip(z)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ class ResidualBlock(nn.Module):
 @dataclass
 class WaveNetConfig:
     quantization_channels: int = 256  # vocabulary: 8-bit mu-law codes
-    residual_channels: int = 32  # residual stream width; 32 keeps a CPU step near 10k samples/s
+    residual_channels: int = 32  # residual stream width; 32: ~12k samples/s at batch 1 on 2 CPU cores
     dilation_channels: int = 32  # gated units per layer (filter and gate each)
     skip_channels: int = 128  # skips are summed over all layers, so wider than one layer
     end_channels: int = 128  # hidden width of the ReLU-1x1-ReLU-1x1 output head
@@ -85,9 +85,8 @@ class WaveNet(nn.Module):
         self.vocab_size = config.quantization_channels
         # An embedding is a 1x1 conv over one-hot mu-law codes, without building the one-hots.
         self.embed = nn.Embedding(config.quantization_channels, config.residual_channels)
-        n = config.stacks * config.layers_per_stack
         self.blocks = nn.ModuleList(
-            ResidualBlock(config, dilation=2 ** (i % config.layers_per_stack), last=i == n - 1) for i in range(n)
+            ResidualBlock(config, dilation=2**i) for _ in range(config.stacks) for i in range(config.layers_per_stack)
         )
         self.head = nn.Sequential(
             nn.ReLU(),
@@ -136,7 +135,7 @@ class WaveNet(nn.Module):
 
     # --- incremental view (Fast WaveNet); the fast path's internals are at the end of the file ---
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def start(self, batch_size: int, condition: object = None) -> "WaveNetState":
         """Fresh state for `batch_size` rows: zero queues, as the convolutions' zero padding."""
         if batch_size < 1:
@@ -147,27 +146,27 @@ class WaveNet(nn.Module):
         if speaker is not None:
             bias = bias + weights.speaker[:, speaker]  # (L, B, 2D+R)
         queue = weights.first.new_zeros(weights.queue_length, batch_size, self.config.residual_channels)
-        return WaveNetState(queue, bias.contiguous(), 0, weights, _Scratch(weights, batch_size))
+        return _new_state(queue, bias.contiguous(), 0, weights)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, state: "WaveNetState", tokens: Tensor | None) -> tuple[Tensor, "WaveNetState"]:
         """tokens: (B,) the previous sample of each row, None at the first step -> logits of the
         next sample (B, V), and the state (updated in place)."""
         w, s = state.weights, state.scratch
         slots = w.slots[state.position % w.period]  # (L,) queue rows holding x_{t-dilation}
-        torch.index_select(state.queue, 0, slots, out=s.past)  # (L, B, R)
-        torch.baddbmm(state.bias, s.past, w.past, out=s.preact)  # (L, B, 2D+R)
-        if tokens is None:
-            s.first_a_x.copy_(s.first_preact)  # "nothing" (zeros) before x_0, as in forward
+        torch.index_select(state.queue, 0, slots, out=s.past)  # every layer's x_{t-dilation}
+        if tokens is None:  # "nothing" (zeros) before x_0, as in forward
+            torch.addmm(s.first_bias, s.first_past, w.first_past, out=s.first_a_x)
         else:
             if tokens.shape != s.batch_shape:
                 raise ValueError(f"expected tokens of shape {tuple(s.batch_shape)}, got {tuple(tokens.shape)}")
-            torch.index_select(w.first, 0, tokens, out=s.first)  # (B, 2D+R)
-            torch.add(s.first_preact, s.first, out=s.first_a_x)
-        for act, filt, gate, gated, x_z, fused, preact, a_x in s.layers:
+            torch.index_select(w.first, 0, tokens, out=s.token)  # (B, 2D+R)
+            s.token += s.first_bias
+            torch.addmm(s.token, s.first_past, w.first_past, out=s.first_a_x)
+        for act, filt, gate, gated, bias, x_z_p, fused, a_x in s.layers:
             act.tanh_()
             torch.addcmul(filt, filt, gate, out=gated)  # 2 tanh(f) sigmoid(g): (B, D)
-            torch.addmm(preact, x_z, fused, out=a_x)  # the next layer's [a | x]: (B, 2D+R)
+            torch.addmm(bias, x_z_p, fused, out=a_x)  # the next layer's [a | x]: (B, 2D+R)
         act, filt, gate, gated = s.last_layer
         act.tanh_()
         torch.addcmul(filt, filt, gate, out=gated)
@@ -178,18 +177,13 @@ class WaveNet(nn.Module):
         torch.addmm(w.hidden_bias, s.skip, w.hidden, out=s.hidden).relu_()  # (B, E)
         return torch.addmm(w.out_bias, s.hidden, w.out), state  # (B, V)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def reorder(self, state: "WaveNetState", index: Tensor) -> "WaveNetState":
         """New state whose row i continues old row index[i] (keep, permute or duplicate rows)."""
         index = index.to(state.queue.device)
         if index.dim() != 1 or index.numel() == 0:
             raise ValueError(f"reorder index must be a non-empty 1-d tensor, got shape {tuple(index.shape)}")
-        # The scratch holds nothing from one step to the next, so rows of the same count share it.
-        same = index.shape[0] == state.queue.shape[1]
-        scratch = state.scratch if same else _Scratch(state.weights, index.shape[0])
-        return WaveNetState(
-            state.queue.index_select(1, index), state.bias.index_select(1, index), state.position, state.weights, scratch
-        )
+        return _new_state(state.queue.index_select(1, index), state.bias.index_select(1, index), state.position, state.weights)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -208,17 +202,24 @@ class WaveNetState:
     scratch: "_Scratch"
 
 
+def _new_state(queue: Tensor, bias: Tensor, position: int, weights: "_StepWeights") -> WaveNetState:
+    return WaveNetState(queue, bias, position, weights, _Scratch(weights, bias))
+
+
 class _StepWeights:
     """The parameters re-laid out for one-sample steps, derived at `start()` time.
 
-    A step works on one row per layer, [a | x | z]: a (2D) the conv's filter and gate pre-activations,
-    x (R) the layer's input, z (D) its gated units. One matmul per layer takes [x | z] of layer l to
-    [a | x] of layer l+1 -- the residual 1x1 and the next conv's current tap fused:
-        x' = x + z Wr,   a' = bias' + x' W1' = bias' + x W1' + z (Wr W1')
-    The past taps of all layers come from one batched matmul at the start of the step, the skip 1x1s
-    of all layers from one matmul at the end. The gate uses sigmoid(g) = (1 + tanh(g/2)) / 2, so one
-    in-place tanh covers filter and gate: the gate columns are pre-scaled by 1/2, and the 1/2 of the
-    product goes into the residual and skip weights.
+    A step works on one row per layer, [a | x | z | p]: a (2D) the layer's filter and gate
+    pre-activations, x (R) its input, z (D) its gated units, p (R) the *next* layer's input
+    `dilation` samples ago, gathered from the queues for all layers at once. One matmul per layer
+    takes [x | z | p] of layer l to [a | x] of layer l+1 -- the residual 1x1 and both conv taps:
+        x' = x + z Wr,   a' = bias' + x' W1' + p W0' = bias' + x W1' + z (Wr W1') + p W0'
+    (W1, W0: the conv's current and past taps). The skip 1x1s of all layers are one matmul at the
+    end. The gate uses sigmoid(g) = (1 + tanh(g/2)) / 2, so one in-place tanh covers filter and
+    gate: the gate columns are pre-scaled by 1/2, and the 1/2 of the product goes into the residual
+    and skip weights. At batch 1 a step costs about a microsecond per op whatever the op, so what
+    counts is their number: 3 per layer. (torch.compile and torch.jit.script of the step measured no
+    faster than this plain loop on a 2-core CPU, so it is the only path.)
     """
 
     def __init__(self, model: WaveNet):
@@ -226,25 +227,26 @@ class _StepWeights:
         param = model.embed.weight.detach()  # (V, R)
         scale = torch.cat([param.new_ones(D), param.new_full((D,), 0.5)])  # (2D,)
         now = [b.conv.weight[:, :, 1].detach().t() * scale for b in blocks]  # (R, 2D) each
+        past = [F.pad(b.conv.weight[:, :, 0].detach().t() * scale, (0, R)) for b in blocks]  # (R, 2D+R) each
         residual = [b.residual.weight[:, :, 0].detach().t() * 0.5 for b in blocks[:-1]]  # (D, R) each
         eye = torch.eye(R, dtype=param.dtype, device=param.device)
         self.first = torch.cat([param @ now[0], param], 1)  # (V, 2D+R): token -> [a | x] of layer 0
-        self.past = torch.stack([F.pad(b.conv.weight[:, :, 0].detach().t() * scale, (0, R)) for b in blocks])  # (L, R, 2D+R)
+        self.first_past = past[0]
+        self.fused = [  # (R+D+R, 2D+R) each: [x | z | p] of layer l -> [a | x] of layer l+1
+            torch.cat([torch.cat([now[i + 1], eye], 1), torch.cat([residual[i] @ now[i + 1], residual[i]], 1), past[i + 1]])
+            for i in range(len(blocks) - 1)
+        ]
         self.bias = torch.stack([F.pad(b.conv.bias.detach() * scale, (0, R)) for b in blocks])  # (L, 2D+R)
         self.speaker = (  # (L, speakers, 2D+R)
             torch.stack([F.pad(b.speaker.weight.detach() * scale, (0, R)) for b in blocks]) if model.config.num_speakers else None
         )
-        self.fused = [  # (R+D, 2D+R) each: [x | z] of layer l -> [a | x] of layer l+1
-            torch.cat([torch.cat([now[l + 1], eye], 1), torch.cat([residual[l] @ now[l + 1], residual[l]], 1)])
-            for l in range(len(blocks) - 1)
-        ]
         self.skip = torch.cat([b.skip.weight[:, :, 0].detach().t() * 0.5 for b in blocks])  # (L*D, S)
         self.skip_bias = torch.stack([b.skip.bias.detach() for b in blocks]).sum(0)  # (S,)
         hidden, out = model.head[1], model.head[3]
         self.hidden = hidden.weight[:, :, 0].detach().t().contiguous()  # (S, E)
-        self.hidden_bias = hidden.bias.detach()
+        self.hidden_bias = hidden.bias.detach().clone()
         self.out = out.weight[:, :, 0].detach().t().contiguous()  # (E, V)
-        self.out_bias = out.bias.detach()
+        self.out_bias = out.bias.detach().clone()
         dilations = [b.dilation for b in blocks]
         offsets = torch.tensor([0] + dilations[:-1]).cumsum(0)  # (L,)
         # Dilations are powers of two, so ring positions repeat with period max(dilations): row p
@@ -257,27 +259,28 @@ class _StepWeights:
 
 
 class _Scratch:
-    """Preallocated buffers of one step for B rows, and views into them, so that a step allocates
+    """Buffers of one step for B rows, and views into them built once, so that a step allocates
     only the logits it returns and its loop indexes no tensors (about a microsecond each). They hold
     nothing from one step to the next."""
 
-    def __init__(self, weights: _StepWeights, batch: int):
-        L, R, D, S, E = weights.sizes
+    def __init__(self, weights: _StepWeights, bias: Tensor):
+        (L, R, D, S, E), B = weights.sizes, bias.shape[1]
         like = weights.first
-        self.batch_shape = torch.Size([batch])
-        self.rows = like.new_empty(L, batch, 2 * D + R + D)  # (L, B, [a | x | z])
-        self.past = like.new_empty(L, batch, R)  # (L, B, R): each layer's input `dilation` ago
-        self.preact = like.new_empty(L, batch, 2 * D + R)  # (L, B, 2D+R): bias + past tap
-        self.first = like.new_empty(batch, 2 * D + R)  # the token's share of layer 0's [a | x]
-        self.inputs = self.rows[:, :, 2 * D : 2 * D + R]  # (L, B, R): what the queues store
-        self.gated_rows = self.rows[:, :, 2 * D + R :].transpose(0, 1)  # (B, L, D) view
-        self.gated = like.new_empty(batch, L, D)  # the same, contiguous for the skip matmul
-        self.gated_flat = self.gated.view(batch, L * D)
-        a_x = [r[:, : 2 * D + R] for r in self.rows]  # (B, 2D+R): a matmul's output
-        x_z = [r[:, 2 * D :] for r in self.rows]  # (B, R+D): a matmul's input
-        act = [(r[:, : 2 * D], r[:, :D], r[:, D : 2 * D], r[:, 2 * D + R :]) for r in self.rows]
-        self.first_a_x, self.first_preact = a_x[0], self.preact[0]
-        self.layers = [(*act[l], x_z[l], weights.fused[l], self.preact[l + 1], a_x[l + 1]) for l in range(L - 1)]
-        self.last_layer = act[-1]
-        self.skip = like.new_empty(batch, S)
-        self.hidden = like.new_empty(batch, E)
+        self.batch_shape = torch.Size([B])
+        a, x, z, p = slice(0, 2 * D), slice(2 * D, 2 * D + R), slice(2 * D + R, 3 * D + R), slice(3 * D + R, 3 * D + 2 * R)
+        # rows[l + 1] is layer l's [a | x | z | p]; rows[0] only holds layer 0's p.
+        rows = like.new_zeros(L + 1, B, 3 * D + 2 * R)  # (L+1, B, [a | x | z | p])
+        self.past = rows[:L, :, p]  # (L, B, R): each layer's input `dilation` samples ago
+        self.inputs = rows[1:, :, x]  # (L, B, R): each layer's input now, for the queues
+        self.gated_rows = rows[1:, :, z].transpose(0, 1)  # (B, L, D)
+        self.gated = like.new_empty(B, L, D)  # the same, contiguous for the skip matmul
+        self.gated_flat = self.gated.view(B, L * D)
+        self.token = like.new_empty(B, 2 * D + R)  # layer 0's [a | x] from the token and its bias
+        self.first_bias, self.first_past, self.first_a_x = bias[0], rows[0, :, p], rows[1, :, : 2 * D + R]
+        layers = [(r[:, a], r[:, a][:, :D], r[:, a][:, D:], r[:, z]) for r in rows[1:]]
+        self.layers = [  # per layer l < L-1: its gate's views, then what makes layer l+1's [a | x]
+            (*layers[i], bias[i + 1], rows[i + 1, :, 2 * D :], weights.fused[i], rows[i + 2, :, : 2 * D + R]) for i in range(L - 1)
+        ]
+        self.last_layer = layers[-1]
+        self.skip = like.new_empty(B, S)
+        self.hidden = like.new_empty(B, E)

@@ -39,8 +39,8 @@ class Lookup(nn.Module):
         return state[index]
 
 
-def best_of(repeats: int, measure) -> float:
-    return min(measure() for _ in range(repeats))
+def best_of(repeats: int, measure, *args) -> float:
+    return min(measure(*args) for _ in range(repeats))
 
 
 def model_step_time(model: Lookup, rows: int, steps: int) -> float:
@@ -85,8 +85,8 @@ def main() -> None:
     for batch in (1, 64):
         for strategy in ("greedy", "sample", "beam"):
             rows = batch * (5 if strategy == "beam" else 1)
-            alone = best_of(args.repeats, lambda: model_step_time(model, rows, args.steps))
-            total = best_of(args.repeats, lambda: engine_step_time(model, strategy, batch, args.steps))
+            alone = best_of(args.repeats, model_step_time, model, rows, args.steps)
+            total = best_of(args.repeats, engine_step_time, model, strategy, batch, args.steps)
             print(
                 f"{strategy:<8} {batch:>5} {rows:>5} {alone * 1e6:>10.1f}us {total * 1e6:>10.1f}us "
                 f"{(total - alone) * 1e6:>8.1f}us {total / alone:>6.1f}"

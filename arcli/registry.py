@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from arcli.errors import ArcliError, CheckpointError
+from arcli.errors import ArcliError, CheckpointError, OptionError
 
 if TYPE_CHECKING:
     from arcli.checkpoint import Checkpoint
@@ -54,7 +54,10 @@ class ModelFamily:
             if key not in fields:
                 raise ArcliError(f"{self.name} has no setting {key!r}; settings: {', '.join(fields)}")
             values[key] = _parse_value(key, text, getattr(self.config_class(), key))
-        return self.config_class(**values)
+        try:
+            return self.config_class(**values)
+        except (ValueError, TypeError) as error:  # the config's own checks of its values
+            raise OptionError(f"{self.name} settings: {error}") from None
 
     def build(self, config) -> torch.nn.Module:
         return self.model_class(config)
@@ -114,6 +117,7 @@ def checkpoints_dir() -> Path:
 
 _BUILTIN = {
     "wavenet": "arcli.tasks.audio:WAVENET",
+    "pixelcnn": "arcli.tasks.image:PIXELCNN",
 }
 
 

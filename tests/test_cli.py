@@ -185,3 +185,9 @@ def test_a_real_subprocess(bigram_plugin, tmp_path, corpus):
     )
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines() == ["arcli: error: top-p must be in (0, 1], got 2.0"]
+
+
+def test_a_setting_the_config_rejects_is_one_line(tmp_path):
+    one_line_error(run("train", "wavenet", "--data", tmp_path, "-o", tmp_path / "m.safetensors", "--set", "stacks=-1"), "stacks")
+    one_line_error(run("train", "wavenet", "--data", tmp_path, "-o", tmp_path / "m.safetensors", "--set", "stacks=two"), "stacks")
+    one_line_error(run("train", "wavenet", "--data", tmp_path, "-o", tmp_path / "m.safetensors", "--set", "nosuch=1"), "no setting")

@@ -1,0 +1,665 @@
+"""Images: PixelCNN over 8-bit sub-pixels, trained on image files, sampled to PNG grids, completed
+under a mask, and scored in bits per dimension.
+
+An image is T = H * W * C tokens in raster order, R G B within a pixel; the loss and every score
+count all T of them (nats summed over sub-pixels; bits/dim divides by T and ln 2).
+
+Completion. Known pixels are kept exactly: the engine feeds them instead of choosing (`Known`).
+Left-to-right sampling with the known pixels forced draws the hidden pixels from
+p(hidden | known pixels before them), which is the true posterior p(hidden | all known) only when
+no known pixel comes after the first hidden one in raster order (the `bottom` mask). For any other
+mask (top, left, right, center, random, most drawn masks) the known pixels after the hole must
+also be explained, and they are, by importance resampling: per image, K = max(4 N, 16) proposals
+are drawn as above; since the proposal probability of a complete image is the product of the
+model's conditionals at the hidden positions, the importance weight p(image) / q(hidden) is the
+product of the model's probabilities of the known pixels, of which those before the first hidden
+one are the same for every proposal: a proposal's weight is the likelihood the model gives the
+known sub-pixels after the first hidden one, read from one `forward` pass over the proposal. N
+completions are resampled (with replacement) in proportion to those weights, and the effective
+sample size (sum w)^2 / sum w^2 is reported, so a user sees when the K proposals were too few.
+Beam search needs none of this: its scores count every known token as it is forced, so it ranks
+whole images by their likelihood.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from arcli.decoding import BeamSearch, Greedy, Known, Sample, generate
+from arcli.errors import DataError, OptionError
+from arcli.image import pixels_to_tokens, tokens_to_pixels
+from arcli.image.io import ImageSet, describe_shape, load_images, occlude, write_grid, write_heatmap, write_png
+from arcli.models.pixelcnn import PixelCNN, PixelCNNConfig
+from arcli.outputs import check_new, open_output
+from arcli.registry import ModelFamily
+from arcli.tasks import LN2, CompleteRequest, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
+from arcli.training import LossOutput
+
+MASKS = ("bottom", "top", "left", "right", "center", "random")
+PROPOSALS_PER_COMPLETION = 4  # importance resampling draws max(4 N, MIN_PROPOSALS) proposals per image
+MIN_PROPOSALS = 16
+MAX_ROWS = 256  # decoding rows (images x hypotheses) per engine call: bounds the memory of a call
+HEATMAP_IMAGES = 8  # --heatmap draws the first images scored, at most this many
+LISTED = 5  # items named in a note or an error line
+
+
+class ImageBatch(NamedTuple):
+    tokens: torch.Tensor  # (B, T) sub-pixel values in raster order
+    labels: torch.Tensor | None  # (B,) class ids, None for an unconditional model
+
+
+class ImageData:
+    """Random training images (drawn with the given generator only); fixed held-out slices."""
+
+    def __init__(self, train: torch.Tensor, train_labels: torch.Tensor | None, valid: torch.Tensor, valid_labels: torch.Tensor | None):
+        self.train, self.train_labels = train, train_labels  # (N, T) uint8/int32, (N,) long
+        self.valid, self.valid_labels = valid, valid_labels
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> ImageBatch:
+        picks = torch.randint(len(self.train), (batch_size,), generator=generator, device=generator.device).cpu()
+        return ImageBatch(self.train[picks].long(), None if self.train_labels is None else self.train_labels[picks])
+
+    def valid_batches(self, batch_size: int):
+        for start in range(0, len(self.valid), batch_size):
+            labels = None if self.valid_labels is None else self.valid_labels[start : start + batch_size]
+            yield ImageBatch(self.valid[start : start + batch_size].long(), labels)
+
+
+def token_nats(model: torch.nn.Module, tokens: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """-log p of every sub-pixel in nats, (B, T): tokens (B, T), labels (B,) or None."""
+    logits = model(tokens, labels)  # (B, T, V)
+    return F.cross_entropy(logits.transpose(1, 2).float(), tokens, reduction="none")
+
+
+def context(config: PixelCNNConfig) -> tuple[int, int]:
+    """(rows above, columns to either side) that the logits of a pixel see. The gated vertical
+    stack starts one row up (its input is shifted down a row) and each layer widens the view by
+    the kernel's radius; the plain stack's first conv already covers the current row."""
+    r_first, r = config.first_kernel // 2, config.kernel // 2
+    reach = r_first + config.layers * r
+    return (1 if config.gated else 0) + reach, reach
+
+
+def _note(message: str) -> None:
+    """A line on stderr that does not tear a progress bar that may be on screen."""
+    tqdm.write(message, file=sys.stderr)
+
+
+def _listing(names: list[str], count: int) -> str:
+    """'0=boot, 1=shirt' (the number alone where the name is the number)."""
+    shown = [str(i) if i >= len(names) or names[i] == str(i) else f"{i}={names[i]}" for i in range(min(count, 12))]
+    return ", ".join(shown) + (" ..." if count > 12 else "")
+
+
+def _class_list(labels: list[str | None], what: str, files: list[Path]) -> list[str]:
+    """The class names of labelled data: 0 .. max for numbers (IDX labels), else sorted names;
+    [] for unlabelled data. A mix of labelled and unlabelled images is refused."""
+    names = sorted({label for label in labels if label is not None})
+    if not names:
+        return []
+    if None in labels:
+        stray = files[labels.index(None)]
+        raise DataError(
+            f"{what}: '{stray}' has no class label (class sub-folder or IDX labels file), but other images do "
+            f"({', '.join(names[:LISTED])}{' ...' if len(names) > LISTED else ''}): label every image, or none"
+        )
+    if all(name.isdigit() for name in names):
+        return [str(i) for i in range(max(int(name) for name in names) + 1)]
+    return names
+
+
+def _shape(config: PixelCNNConfig) -> tuple[int, int, int]:
+    return config.height, config.width, config.channels
+
+
+def _check_png_output(output: str, force: bool, what: str = "-o") -> None:
+    if output == "-":
+        if sys.stdout.isatty():
+            raise OptionError(f"refusing to write a PNG image to the terminal: give {what} FILE.png, or pipe the output")
+        return
+    if Path(output).suffix.lower() != ".png":
+        raise OptionError(f"{what} {output}: images are written as PNG; give a file name ending in .png, or '-' for stdout")
+    check_new(output, force)
+
+
+class ImageTask(Task):
+    modality = "image"
+    unit = "bits/dim"
+    default_strategy = "sample"
+    progress_unit = "px"
+
+    def info(self, family: ModelFamily, model: torch.nn.Module) -> dict[str, str]:
+        config = model.config
+        rows, columns = context(config)
+        if config.gated:
+            kind = "Gated PixelCNN: vertical + horizontal stacks of gated units, no blind spot"
+            seen = f"{rows} rows above (columns -{columns} .. +{columns}) and {columns} pixels to the left, every one of them"
+        else:
+            kind = "PixelCNN: masked convolutions (mask A, then B) in residual blocks"
+            seen = f"{rows} rows above (columns -{columns} .. +{columns}) and {columns} pixels to the left, less the blind spot up-right"
+        return {
+            "image": f"{describe_shape(_shape(config))} ({config.channels} channel{'s' if config.channels > 1 else ''}, "
+            f"{config.height * config.width * config.channels} sub-pixels{', R then G then B' if config.channels == 3 else ''})",
+            "levels": f"{config.levels} per sub-pixel (a {config.levels}-way softmax)",
+            "classes": f"{config.num_classes} (class-conditional)" if config.num_classes else "none (unconditional)",
+            "architecture": kind,
+            "receptive field": seen,
+        }
+
+    # --- training --------------------------------------------------------------------------------
+
+    def prepare_training(self, family: ModelFamily, config: PixelCNNConfig, request: TrainRequest) -> TrainingSetup:
+        if not 0 < request.valid_fraction < 1:
+            raise ValueError(f"valid_fraction must lie in (0, 1), got {request.valid_fraction}")
+        data = load_images(request.data)
+        classes = _class_list(data.labels, "--data", data.files)
+        config, config_note = _fit_config(config, data.shape, classes)
+        notes = data.notes + ([config_note] if config_note else [])
+        if request.valid:
+            held = load_images(request.valid, data.shape)
+            notes += [f"held-out: {note}" for note in held.notes]
+            train_set, valid_set = data, held
+            valid_ids = _held_out_labels(held, classes)
+            train_ids = [classes.index(label) for label in data.labels] if classes else None
+        else:
+            every = max(2, round(1 / request.valid_fraction))
+            if len(data) < 2:
+                raise DataError(
+                    f"{len(data)} image: every {every}th image is held out for evaluation, which needs 2 images or more; "
+                    "add images, or pass held-out images with --valid"
+                )
+            held_out = np.arange(len(data)) % every == 0
+            train_set, valid_set = _subset(data, ~held_out), _subset(data, held_out)
+            train_ids = [classes.index(label) for label in train_set.labels] if classes else None
+            valid_ids = [classes.index(label) for label in valid_set.labels] if classes else None
+
+        levels = config.levels
+        as_labels = lambda ids: None if ids is None else torch.tensor(ids, dtype=torch.long)  # noqa: E731
+        image_data = ImageData(
+            pixels_to_tokens(train_set.pixels, levels), as_labels(train_ids),
+            pixels_to_tokens(valid_set.pixels, levels), as_labels(valid_ids),
+        )
+        meta = {
+            "height": config.height,
+            "width": config.width,
+            "channels": config.channels,
+            "levels": levels,
+            "classes": classes,
+            "images": len(train_set),
+            "valid_images": len(valid_set),
+        }
+        for note in notes:
+            _note(note)
+        who = f"{len(classes)} classes ({_listing(classes, len(classes))})" if classes else "no class labels (unconditional)"
+        print(
+            f"data: {len(train_set)} images of {describe_shape(data.shape)}, {who}; held out: {len(valid_set)} images; "
+            f"{levels} levels per sub-pixel",
+            file=sys.stderr,
+        )
+        return TrainingSetup(config=config, data=image_data, data_meta=meta)
+
+    def loss(self, model: torch.nn.Module, batch: ImageBatch) -> LossOutput:
+        nll = token_nats(model, batch.tokens, batch.labels).sum()
+        count = batch.tokens.numel()
+        return LossOutput(objective=nll / max(count, 1), nll=nll.detach(), count=count)
+
+    # --- sampling --------------------------------------------------------------------------------
+
+    def sample(self, loaded: Loaded, request: SampleRequest) -> None:
+        name = loaded.family.name
+        for option, value in (("--seconds", request.seconds), ("--speaker", request.speaker), ("--prompt", request.prompt),
+                              ("--spectrogram", request.spectrogram)):
+            if value is not None:
+                raise OptionError(f"{option} does not apply to the image model '{name}' (it takes -n COUNT and --label)")
+        decoding = request.decoding
+        if decoding.max_length is not None or decoding.min_length:
+            raise OptionError(f"--max-length and --min-length do not apply to the image model '{name}': an image has a fixed size")
+        if decoding.nbest != 1:
+            raise OptionError(f"--nbest does not apply to the image model '{name}': ask for several images with -n COUNT")
+        if request.count < 1:
+            raise OptionError(f"--count must be >= 1, got {request.count}")
+        _check_png_output(request.output, request.force)
+        model, config = loaded.model, loaded.model.config
+        labels, columns, label_note = _sample_labels(loaded, request.label, request.count)
+
+        strategy = decoding.make_strategy(self.default_strategy)
+        if isinstance(strategy, Sample) and decoding.seed is None:
+            _note(f"seed {strategy.seed} (pass --seed {strategy.seed} to repeat this run)")
+        if label_note:
+            _note(label_note)
+        started = time.perf_counter()
+        rows = generate(model, strategy, max_length=model.sequence_length, batch_size=request.count, condition=labels,
+                        progress=request.progress)
+        elapsed = time.perf_counter() - started
+        tokens = torch.tensor([row[0].tokens for row in rows])
+        pixels = tokens_to_pixels(tokens, _shape(config), config.levels)
+        write_grid(request.output, [list(pixels[i : i + columns]) for i in range(0, len(pixels), columns)])
+        grid_rows = math.ceil(request.count / columns)
+        _note(
+            f"generated {request.count} image(s) of {describe_shape(_shape(config))} in {elapsed:.1f} s; "
+            f"{'wrote ' + request.output if request.output != '-' else 'PNG on stdout'}: a grid of {grid_rows} x {columns}"
+        )
+
+    # --- completion ------------------------------------------------------------------------------
+
+    def complete_image(self, loaded: Loaded, request: CompleteRequest) -> None:
+        model, config = loaded.model, loaded.model.config
+        shape, count, decoding = _shape(config), request.count, request.decoding
+        if count < 1:
+            raise OptionError(f"--count must be >= 1, got {count}")
+        if decoding.nbest != 1:
+            raise OptionError("--nbest does not apply to complete-image: ask for N completions of each image with -n N")
+        if decoding.max_length is not None or decoding.min_length:
+            raise OptionError("--max-length and --min-length do not apply to complete-image: an image has a fixed size")
+        strategy_name = decoding.strategy or self.default_strategy
+        if strategy_name == "greedy" and count > 1:
+            raise OptionError(f"--strategy greedy makes one completion per image, not {count}: pass -n 1, or use --strategy sample or beam")
+        if strategy_name == "beam" and count > decoding.beam_size:
+            raise OptionError(f"-n {count} completions with --strategy beam need --beam-size {count} or more (beam search keeps beam-size hypotheses)")
+        if not request.images:
+            raise OptionError("give the images to complete")
+        _check_png_output(request.output, request.force)
+        seed = decoding.seed if decoding.seed is not None else int(torch.seed() % (2**63))
+        hidden = _mask(request.mask, shape[:2], seed)  # (H, W) bool, True = hidden
+        images = load_images(request.images, shape)
+        labels = _complete_labels(loaded, images, request.label)
+        files = _completion_files(request.output_dir, images, count, request.force)
+
+        channels, T = shape[2], model.sequence_length
+        hidden_tokens = torch.from_numpy(np.repeat(hidden.reshape(-1), channels))  # (T,) sub-pixels of hidden pixels
+        first_hidden = int(hidden_tokens.nonzero()[0])
+        known_after = ~hidden_tokens & (torch.arange(T) > first_hidden)  # (T,) known sub-pixels after the hole
+        resampling = strategy_name == "sample" and bool(known_after.any())
+        proposals = max(PROPOSALS_PER_COMPLETION * count, MIN_PROPOSALS) if resampling else count
+        strategy = dataclasses.replace(decoding, seed=seed).make_strategy(self.default_strategy, nbest=1 if strategy_name == "greedy" else proposals)
+        if decoding.seed is None and (isinstance(strategy, Sample) or request.mask == "random"):
+            _note(f"seed {seed} (pass --seed {seed} to repeat this run)")
+        for note in images.notes:
+            _note(note)
+
+        values = pixels_to_tokens(images.pixels, config.levels).long()  # (N, T)
+        known = Known(values, (~hidden_tokens).expand_as(values))
+        rows = _generate_chunked(model, strategy, T, known, labels, request.progress)  # per image, its hypotheses
+        chosen, ess = [], []  # per image: its completions (count, T); the effective sample sizes
+        for index, hyps in enumerate(rows):
+            tokens = torch.tensor([h.tokens for h in hyps])  # (hypotheses, T)
+            if resampling:
+                log_weights = proposal_log_weights(model, tokens, known_after, None if labels is None else labels[index])
+                generator = torch.Generator().manual_seed((seed * 1_000_003 + index) % 2**63)  # per image: chunking changes nothing
+                picks, effective = resample(log_weights, count, generator)
+                tokens = tokens[picks]
+                ess.append(effective)
+            chosen.append(tokens[:count])
+
+        grid_rows, completions = [], []
+        for original, tokens in zip(images.pixels, chosen, strict=True):
+            filled = tokens_to_pixels(tokens, shape, config.levels)  # (count, H, W, C)
+            if config.levels != 256:  # the engine kept the known tokens; quantisation lost their low bits
+                filled[:, ~hidden] = original[~hidden]
+            completions.append(filled)
+            grid_rows.append([original, occlude(original, hidden), *filled])
+        write_grid(request.output, grid_rows)
+        if request.output_dir is not None:
+            request.output_dir.mkdir(exist_ok=True)
+            for path, pixels in zip(files, (image for filled in completions for image in filled), strict=True):
+                write_png(path, pixels)
+
+        _note(_method_note(strategy, count, proposals, ess))
+        where = request.output if request.output != "-" else "PNG on stdout"
+        extra = f"; {len(files)} completions in {request.output_dir}" if files else ""
+        _note(f"{where}: {len(images)} row(s) of original, occluded input ({int(hidden.sum())} hidden pixels) and {count} completion(s){extra}")
+
+    # --- scoring ---------------------------------------------------------------------------------
+
+    def score(self, loaded: Loaded, request: ScoreRequest) -> None:
+        name = loaded.family.name
+        if request.src is not None or request.tgt is not None:
+            raise OptionError(f"--src and --tgt do not apply to the image model '{name}'")
+        if not request.inputs:
+            raise OptionError(f"give images to score with '{name}'")
+        check_new(request.output, request.force)
+        if request.heatmap is not None:
+            if str(request.heatmap) == "-":
+                raise OptionError("--heatmap -: the scores go to stdout; give the heatmap a file name ending in .png")
+            _check_png_output(str(request.heatmap), request.force, "--heatmap")
+        model, config = loaded.model, loaded.model.config
+        shape = _shape(config)
+        images = load_images(request.inputs, shape)
+        labels, unlabelled = _score_labels(loaded, images)
+        for note in images.notes:
+            _note(note)
+        if unlabelled:
+            _note(
+                f"{unlabelled} of {len(images)} images have no class label of this model: scored by p(x) = the mean over its "
+                f"{config.num_classes} classes of p(x | class) (a uniform class prior)"
+            )
+        dims = model.sequence_length
+        tokens = pixels_to_tokens(images.pixels, config.levels)
+        drawn = min(HEATMAP_IMAGES, len(images)) if request.heatmap is not None else 0
+        heat: list[torch.Tensor] = []  # per-sub-pixel nats of the images the heatmap draws
+        total = 0.0
+        with open_output(request.output) as out, torch.inference_mode():
+            for start in range(0, len(images), request.batch_size):
+                batch = tokens[start : start + request.batch_size].long().to(loaded.device)
+                nats, per_token = _image_nats(model, batch, labels[start : start + request.batch_size], config.num_classes)
+                if start < drawn:
+                    heat.append(per_token[: drawn - start].cpu())
+                    if start + len(batch) >= drawn:  # drawn now: before any reader of stdout can stop the run
+                        _heatmap(request.heatmap, images.pixels[:drawn], torch.cat(heat), shape)
+                for offset, value in enumerate(nats.tolist()):
+                    out.write(f"{images.names[start + offset]}\t{value:.4f}\t{value / dims / LN2:.4f}\n")
+                    total += value
+        print(
+            f"columns: image, nats, bits/dim; {len(images)} images of {describe_shape(shape)} ({dims} dims each): "
+            f"{total / (len(images) * dims) / LN2:.4f} bits/dim on average",
+            file=sys.stderr,
+        )
+
+
+def _heatmap(path: Path, pixels: np.ndarray, nats: torch.Tensor, shape: tuple[int, int, int]) -> None:
+    """Draw the per-pixel surprise of images (n, H, W, C) from their per-sub-pixel nats (n, T)."""
+    H, W, C = shape
+    bits = (nats.view(len(pixels), H, W, C).sum(-1) / LN2).numpy()  # (n, H, W): a pixel's sub-pixels summed
+    top = write_heatmap(path, pixels, bits)
+    _note(
+        f"wrote {path}: per-pixel surprise (-log2 p, sub-pixels summed) of the first {len(pixels)} image(s), "
+        f"black = 0 to pale yellow = {top:.1f} bits"
+    )
+
+
+# -------------------------------------------------------------------------------------------------
+# helpers: training
+
+
+def _fit_config(config: PixelCNNConfig, shape: tuple[int, int, int], classes: list[str]) -> tuple[PixelCNNConfig, str]:
+    """The config with the image shape and class count of the data; a value the user --set that
+    disagrees with the data is refused. Returns (config, a note when `hidden` was rounded up)."""
+    defaults = PixelCNNConfig()
+    height, width, channels = shape
+    described = {
+        "height": f"the images are {describe_shape(shape)}",
+        "width": f"the images are {describe_shape(shape)}",
+        "channels": f"the images are {describe_shape(shape)}",
+        "num_classes": f"the data has {len(classes)} classes" if classes else "the data has no class labels (class sub-folders or an IDX labels file)",
+    }
+    wanted = {"height": height, "width": width, "channels": channels, "num_classes": len(classes)}
+    for key, value in wanted.items():
+        given = getattr(config, key)
+        if given not in (value, getattr(defaults, key)):
+            raise OptionError(f"--set {key}={given}, but {described[key]}: leave {key} out (it is taken from the data)")
+    note = ""
+    hidden = config.hidden
+    if hidden % channels:
+        rounded = hidden + channels - hidden % channels
+        if hidden != defaults.hidden:
+            raise OptionError(f"--set hidden={hidden} is not a multiple of the {channels} colour channels of the images: use hidden={rounded}")
+        note = f"hidden={rounded}: the feature maps split into {channels} colour groups (R, G, B), so {hidden} was rounded up"
+        hidden = rounded
+    return dataclasses.replace(config, hidden=hidden, **wanted), note
+
+
+def _held_out_labels(held: ImageSet, classes: list[str]) -> list[int] | None:
+    """Class ids of held-out images: their own label, else their folder's name when that is a
+    training class. None for an unconditional model."""
+    if not classes:
+        return None
+    ids = []
+    for label, file in zip(held.labels, held.files, strict=True):
+        name = label if label is not None else (file.parent.name if file.parent.name in classes else None)
+        if name is None:
+            raise DataError(f"held-out image '{file}' has no class label, but the training images do ({_listing(classes, len(classes))})")
+        if name not in classes:
+            raise DataError(f"held-out image '{file}' is of class '{name}', which the training images do not have ({_listing(classes, len(classes))})")
+        ids.append(classes.index(name))
+    return ids
+
+
+def _subset(images: ImageSet, keep: np.ndarray) -> ImageSet:
+    where = np.flatnonzero(keep).tolist()
+    return ImageSet(images.pixels[keep], [images.names[i] for i in where], [images.files[i] for i in where], [images.labels[i] for i in where])
+
+
+# -------------------------------------------------------------------------------------------------
+# helpers: labels
+
+
+def _class_names(loaded: Loaded) -> list[str]:
+    count = loaded.model.config.num_classes
+    names = [str(name) for name in loaded.checkpoint.data.get("classes") or []]
+    return names[:count] + [str(i) for i in range(len(names), count)]
+
+
+def _check_label(loaded: Loaded, label: int) -> None:
+    count = loaded.model.config.num_classes
+    if count == 0:
+        raise OptionError("--label: this PixelCNN is unconditional (trained without class labels); leave --label out")
+    if not 0 <= label < count:
+        raise OptionError(f"--label {label} is out of range: this model's classes are {_listing(_class_names(loaded), count)}")
+
+
+def _sample_labels(loaded: Loaded, label: int | None, count: int) -> tuple[torch.Tensor | None, int, str]:
+    """(labels (count,) or None, columns of the grid, a note). Without --label a conditional model
+    draws the classes in turn, one class per column."""
+    classes = loaded.model.config.num_classes
+    square = math.ceil(math.sqrt(count))
+    if label is not None:
+        _check_label(loaded, label)
+        return torch.full((count,), label, dtype=torch.long), square, ""
+    if classes == 0:
+        return None, square, ""
+    note = f"no --label: image i is of class i mod {classes}, one class per column ({_listing(_class_names(loaded), classes)})"
+    return torch.arange(count) % classes, min(count, classes), note
+
+
+def _label_of(label: str | None, file: Path, names: list[str]) -> int | None:
+    """An image's class id under a model with class `names`: its own label (sub-folder, IDX
+    labels) when the model has that class, else its folder's name when that names a class."""
+    for name in (label, file.parent.name):
+        if name is not None and name in names:
+            return names.index(name)
+    return None
+
+
+def _complete_labels(loaded: Loaded, images: ImageSet, label: int | None) -> torch.Tensor | None:
+    count = loaded.model.config.num_classes
+    if label is not None:
+        _check_label(loaded, label)
+        return torch.full((len(images),), label, dtype=torch.long)
+    if count == 0:
+        return None
+    names = _class_names(loaded)
+    ids = []
+    for name, own, file in zip(images.names, images.labels, images.files, strict=True):
+        found = _label_of(own, file, names)
+        if found is None:
+            raise OptionError(
+                f"this PixelCNN is class-conditional and '{name}' has no class label of it (class sub-folder or IDX labels): "
+                f"give --label K ({_listing(names, count)})"
+            )
+        ids.append(found)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _score_labels(loaded: Loaded, images: ImageSet) -> tuple[list[int | None], int]:
+    """Per image its class id (None: unknown, scored by the mean over classes), and the count of
+    unknown ones; all None for an unconditional model."""
+    if loaded.model.config.num_classes == 0:
+        return [None] * len(images), 0
+    names = _class_names(loaded)
+    ids = [_label_of(own, file, names) for own, file in zip(images.labels, images.files, strict=True)]
+    return ids, sum(i is None for i in ids)
+
+
+def _image_nats(model: PixelCNN, tokens: torch.Tensor, labels: list[int | None], classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(-log p(image) in nats (B,), per-sub-pixel nats (B, T)). Unknown labels of a conditional
+    model: -log mean_y p(image | y); the per-sub-pixel nats are then those of the likeliest class."""
+    if classes == 0:
+        per_token = token_nats(model, tokens, None).double()
+        return per_token.sum(1), per_token
+    known = torch.tensor([-1 if label is None else label for label in labels], device=tokens.device)
+    per_token = token_nats(model, tokens, known.clamp(min=0)).double()  # (B, T)
+    nats = per_token.sum(1)
+    unknown = known < 0
+    if bool(unknown.any()):
+        rows = tokens[unknown]
+        each = torch.stack([token_nats(model, rows, torch.full((len(rows),), y, device=tokens.device)).double() for y in range(classes)])  # (K, b, T)
+        totals = each.sum(2)  # (K, b)
+        nats[unknown] = math.log(classes) - torch.logsumexp(-totals, 0)
+        per_token[unknown] = each[totals.argmin(0), torch.arange(len(rows), device=tokens.device)]
+    return nats, per_token
+
+
+# -------------------------------------------------------------------------------------------------
+# helpers: completion
+
+
+def _mask(mask: str, size: tuple[int, int], seed: int) -> np.ndarray:
+    """The hidden pixels (H, W) bool of a named mask or a mask PNG (white = hidden)."""
+    height, width = size
+    rows, columns = np.indices(size)
+    if mask == "bottom":
+        hidden = rows >= height - height // 2
+    elif mask == "top":
+        hidden = rows < height // 2
+    elif mask == "left":
+        hidden = columns < width // 2
+    elif mask == "right":
+        hidden = columns >= width - width // 2
+    elif mask == "center":
+        top, left = height // 4, width // 4
+        hidden = (rows >= top) & (rows < top + height // 2) & (columns >= left) & (columns < left + width // 2)
+    elif mask == "random":
+        hidden = (torch.rand(size, generator=torch.Generator().manual_seed(seed)) < 0.5).numpy()
+    else:
+        hidden = _mask_file(Path(mask), size)
+    if not hidden.any():
+        raise OptionError(f"--mask {mask} hides no pixel of a {height}x{width} image: nothing to complete")
+    if hidden.all():
+        raise OptionError(f"--mask {mask} hides every pixel: nothing is left to complete from (use `arcli sample` for new images)")
+    return hidden
+
+
+def _mask_file(path: Path, size: tuple[int, int]) -> np.ndarray:
+    if not path.is_file():
+        raise OptionError(f"--mask {path}: expected {', '.join(MASKS)}, or a mask PNG file (white = hidden), and there is no such file")
+    try:
+        with Image.open(path) as image:
+            grey = np.asarray(image.convert("L"))
+    except UnidentifiedImageError:
+        raise DataError(f"--mask {path}: not an image Pillow can read (a mask is a PNG, white = hidden)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"--mask {path}: cannot read the image: {error}") from None
+    if grey.shape != size:
+        raise DataError(
+            f"mask '{path}' is {grey.shape[0]}x{grey.shape[1]}, but this model's images are {size[0]}x{size[1]}: "
+            "draw the mask at the model's size (white = hidden)"
+        )
+    return grey >= 128
+
+
+def _completion_files(folder: Path | None, images: ImageSet, count: int, force: bool) -> list[Path]:
+    """The files --output-dir gets, NAME-1.png .. NAME-N.png per image, each checked now. NAME is
+    the image file's stem, with the index of an image inside an IDX or .npy file, and its folder's
+    name in front where two images share a stem (class folders of 0.png, 1.png ...)."""
+    if folder is None:
+        return []
+    if folder.exists() and not folder.is_dir():
+        raise OptionError(f"--output-dir '{folder}' is a file, not a folder")
+    if not folder.exists() and not folder.parent.is_dir():
+        raise OptionError(f"--output-dir '{folder}': folder '{folder.parent}' does not exist")
+    stems = []
+    for name, file in zip(images.names, images.files, strict=True):
+        stem = Path(file.name.removesuffix(".gz")).stem  # shirt.png -> shirt, t10k-images-idx3-ubyte.gz -> t10k-images-idx3-ubyte
+        stems.append(stem if name == str(file) else f"{stem}-{name.rsplit(':', 1)[1]}")  # the index-th image of an IDX/.npy file
+    shared = {stem for stem, times in Counter(stems).items() if times > 1}
+    stems = [f"{file.parent.name}-{stem}" if stem in shared else stem for stem, file in zip(stems, images.files, strict=True)]
+    twice = next((stem for stem, times in Counter(stems).items() if times > 1), None)
+    if twice is not None:
+        raise OptionError(f"two input images would both write '{folder / twice}-1.png': give images with different file names")
+    files = [folder / f"{stem}-{k}.png" for stem in stems for k in range(1, count + 1)]
+    if folder.is_dir():  # else it is made after generating, and holds nothing yet
+        for path in files:
+            check_new(path, force)
+    return files
+
+
+def _generate_chunked(model: PixelCNN, strategy, length: int, known: Known, labels: torch.Tensor | None, progress) -> list:
+    """generate() over all images, a few at a time (at most MAX_ROWS decoding rows per call); each
+    image keeps its own random streams (row_offset), so the chunking changes no result."""
+    images = len(known.values)
+    per_call = max(1, MAX_ROWS // strategy.width)
+    calls = math.ceil(images / per_call)
+    rows = []
+    for call, start in enumerate(range(0, images, per_call)):
+        stop = min(images, start + per_call)
+        report = None if progress is None else (lambda done, total, call=call: progress(call * total + done, calls * total))
+        rows += generate(
+            model, strategy, max_length=length, batch_size=stop - start, row_offset=start,
+            condition=None if labels is None else labels[start:stop],
+            known=Known(known.values[start:stop], known.mask[start:stop]), progress=report,
+        )
+    return rows
+
+
+@torch.inference_mode()
+def proposal_log_weights(model: PixelCNN, proposals: torch.Tensor, known_after: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
+    """Importance log-weights (K,) of one image's completed proposals (K, T): the model's
+    log-likelihood of the known sub-pixels after the first hidden one (`known_after`, (T,) bool),
+    read from a forward pass over each proposal. label: () class id, or None."""
+    device = next(model.parameters()).device
+    log_weights = []
+    for start in range(0, len(proposals), 64):
+        batch = proposals[start : start + 64].to(device)
+        labels = None if label is None else label.expand(len(batch)).to(device)
+        nats = token_nats(model, batch, labels).double()  # (b, T)
+        log_weights.append(-(nats * known_after.to(device)).sum(1).cpu())
+    return torch.cat(log_weights)
+
+
+def resample(log_weights: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Draw `count` indices with replacement in proportion to exp(log_weights) (K,); returns them
+    and the effective sample size (sum w)^2 / sum w^2, between 1 and K."""
+    weights = torch.softmax(log_weights.double(), 0)
+    return torch.multinomial(weights, count, replacement=True, generator=generator), float(1.0 / (weights**2).sum())
+
+
+def _method_note(strategy, count: int, proposals: int, ess: list[float]) -> str:
+    if isinstance(strategy, BeamSearch):
+        return (f"beam search (beam size {strategy.width}): the {count} likeliest completions found, ranked by the likelihood "
+                "of the whole image, known pixels included")
+    if isinstance(strategy, Greedy):
+        return "greedy: each hidden sub-pixel takes its likeliest value in raster order, the known ones before it forced"
+    if not ess:
+        return ("sampling: every known pixel comes before the first hidden one (raster order), so the completions are exact "
+                "samples of p(hidden | known)")
+    worst = min(range(len(ess)), key=ess.__getitem__)
+    return (
+        f"importance resampling: the mask leaves known pixels after the first hidden one (raster order), which left-to-right "
+        f"sampling cannot look ahead to; per image {proposals} proposals were drawn with the known pixels forced, weighted by "
+        f"the likelihood the model gives the known pixels after the first hidden one, and {count} resampled by weight (with "
+        f"replacement); effective sample size {sum(ess) / len(ess):.1f} of {proposals} on average (lowest {ess[worst]:.1f}, "
+        f"image {worst + 1})"
+    )
+
+
+PIXELCNN = ModelFamily(
+    name="pixelcnn",
+    modality="image",
+    summary="Gated PixelCNN: images, 256-way softmax per sub-pixel, class-conditional",
+    config_class=PixelCNNConfig,
+    model_class=PixelCNN,
+    task=ImageTask(),
+    default_checkpoint=None,  # none until a model is trained and shipped (Fashion-MNIST, issue 4)
+)

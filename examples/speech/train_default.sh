@@ -7,6 +7,6 @@ data=${1:-data/speech}
 out=${2:-wavenet-speech.safetensors}
 python examples/speech/make_corpus.py "$data"
 arcli train wavenet --data "$data/train" --valid "$data/valid" -o "$out" \
-    --steps 1200 --warmup-steps 100 --lr 2e-3 --eval-every 300 --save-every 25 --batch-size 8 \
+    --steps 12000 --warmup-steps 100 --lr 2e-3 --eval-every 1000 --save-every 100 --batch-size 8 \
     --set stacks=1 --set residual_channels=32 --set dilation_channels=32 \
-    --set skip_channels=64 --set end_channels=64 --device cpu
+    --set skip_channels=64 --set end_channels=64 --device cpu --half

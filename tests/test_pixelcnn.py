@@ -2,6 +2,7 @@ import itertools
 
 import pytest
 import torch
+from contract import assert_reorder_continues, run_steps
 from torch.utils.flop_counter import FlopCounterMode
 
 from arcli.decoding import generate
@@ -23,16 +24,6 @@ def tiny(gated=True, channels=1, num_classes=0, layers=2, kernel=3, first_kernel
         for p in model.parameters():  # about unit-size activations and logits of a few units
             p.normal_(0.0, 1.5 / p[0].numel() ** 0.5 if p.dim() > 1 else 0.5)
     return model.to(dtype=dtype)
-
-
-def run_steps(model, state, tokens):
-    """Feed None, x_0, ..., x_{T-2} through `step`: logits (B, T, L) for x_0 .. x_{T-1}."""
-    logits, previous = [], None
-    for t in range(tokens.shape[1]):
-        out, state = model.step(state, previous)
-        logits.append(out)
-        previous = tokens[:, t]
-    return torch.stack(logits, 1), state
 
 
 def random_tokens(model, batch_size, seed=1):
@@ -143,21 +134,8 @@ def test_reorder_selects_permutes_and_duplicates_rows(gated):
     prefix, suffix = tokens[:, :split], tokens[:, split:]
     _, state = run_steps(model, model.start(3, labels), prefix)
     index = torch.tensor([2, 0, 0, 1, 2])  # permute and duplicate, 3 rows -> 5
-    reordered = model.reorder(state, index)
     expected = model(tokens, labels)[:, split:]  # (3, T - split, L)
-    # Continue each new row with the tokens of the row it copies: it must match that row exactly.
-    logits, previous = [], prefix[index, -1]
-    for t in range(suffix.shape[1]):
-        out, reordered = model.step(reordered, previous)
-        logits.append(out)
-        previous = suffix[index, t]
-    torch.testing.assert_close(torch.stack(logits, 1), expected[index], rtol=0, atol=1e-4)
-    # Fewer rows, and the original state is untouched by stepping the reordered ones.
-    kept = model.reorder(state, torch.tensor([1]))
-    out, _ = model.step(kept, prefix[1:2, -1])
-    torch.testing.assert_close(out, expected[1:2, 0], rtol=0, atol=1e-4)
-    out, _ = model.step(state, prefix[:, -1])
-    torch.testing.assert_close(out, expected[:, 0], rtol=0, atol=1e-4)
+    assert_reorder_continues(model, state, prefix, suffix, expected, index)
 
 
 def test_duplicated_rows_diverge_independently():

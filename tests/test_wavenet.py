@@ -1,5 +1,6 @@
 import pytest
 import torch
+from contract import assert_reorder_continues, run_steps
 from torch.utils.flop_counter import FlopCounterMode
 
 from arcli.models.wavenet import WaveNet, WaveNetConfig
@@ -19,16 +20,6 @@ def tiny(layers_per_stack=3, stacks=2, num_speakers=0, dtype=torch.float32, devi
         for p in model.parameters():
             p.normal_(0.0, 0.5)
     return model.to(device=device, dtype=dtype)
-
-
-def run_steps(model, state, tokens):
-    """Feed None, x_0, ..., x_{T-2} through `step`: logits (B, T, V) for x_0 .. x_{T-1}."""
-    logits, previous = [], None
-    for t in range(tokens.shape[1]):
-        out, state = model.step(state, previous)
-        logits.append(out)
-        previous = tokens[:, t]
-    return torch.stack(logits, 1), state
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -114,21 +105,8 @@ def test_reorder_selects_permutes_and_duplicates_rows():
     suffix = torch.randint(0, V, (3, 25), generator=torch.Generator().manual_seed(6))
     _, state = run_steps(model, model.start(3, speakers), prefix)
     index = torch.tensor([2, 0, 0, 1, 2])  # permute and duplicate, 3 rows -> 5
-    reordered = model.reorder(state, index)
     expected = model(torch.cat([prefix, suffix], 1), speakers)[:, prefix.shape[1] :]  # (3, 25, V)
-    # Continue each new row with the tokens of the row it copies: it must match that row exactly.
-    logits, previous = [], prefix[index, -1]
-    for t in range(suffix.shape[1]):
-        out, reordered = model.step(reordered, previous)
-        logits.append(out)
-        previous = suffix[index, t]
-    torch.testing.assert_close(torch.stack(logits, 1), expected[index], rtol=0, atol=1e-4)
-    # Fewer rows, and the original state is untouched by stepping the reordered ones.
-    kept = model.reorder(state, torch.tensor([1]))
-    out, _ = model.step(kept, prefix[1:2, -1])
-    torch.testing.assert_close(out, expected[1:2, 0], rtol=0, atol=1e-4)
-    out, _ = model.step(state, prefix[:, -1])
-    torch.testing.assert_close(out, expected[:, 0], rtol=0, atol=1e-4)
+    assert_reorder_continues(model, state, prefix, suffix, expected, index)
 
 
 def test_duplicated_rows_diverge_independently():

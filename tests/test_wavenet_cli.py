@@ -263,6 +263,9 @@ def test_score_writes_a_file_and_refuses_to_overwrite_it(trained, tmp_path):
 
 def test_models_info_and_the_shipped_checkpoint(trained, tmp_path, monkeypatch):
     _, checkpoint = trained
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(registry, "checkpoints_dir", lambda: empty)  # an install that lost its checkpoint
     one_line_error(run("sample", "wavenet", "--seconds", 0.01, "-o", tmp_path / "x.wav"), "shipped checkpoint", "missing")
     shutil.copy(checkpoint, tmp_path / "wavenet-speech.safetensors")
     monkeypatch.setattr(registry, "checkpoints_dir", lambda: tmp_path)

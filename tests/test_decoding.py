@@ -241,3 +241,12 @@ def test_bad_lengths_are_option_errors():
         generate(trap_model(), "greedy", max_length=0)
     with pytest.raises(OptionError):
         generate(trap_model(), "greedy", max_length=3, min_length=4)
+
+
+def test_known_values_of_any_integer_dtype():
+    model = TableModel(random_table(256), vocab_size=256, eos_id=None)
+    values = torch.tensor([[255, 7]], dtype=torch.uint8)  # images arrive as uint8
+    [[hyp]] = generate(model, "greedy", max_length=3, known=(values, torch.tensor([[1, 1]])))
+    assert hyp.tokens[:2] == [255, 7]
+    with pytest.raises(ValueError, match="token ids"):
+        generate(model, "greedy", max_length=3, known=(torch.tensor([[256, 7]]), torch.tensor([[True, True]])))

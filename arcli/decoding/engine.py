@@ -92,9 +92,9 @@ def generate(
             raise OptionError(f"{name} must be a whole number >= {low}, got {value!r}")
     if min_length > max_length:
         raise OptionError(f"min length {min_length} is larger than max length {max_length}")
-    if known is not None and not isinstance(known, Known):
-        known = Known(*known)
-    if known is not None:
+    if known is not None:  # any integer dtype (images come as uint8) -> token ids, bool mask
+        values, mask = (known.values, known.mask) if isinstance(known, Known) else known
+        known = Known(torch.as_tensor(values).long(), torch.as_tensor(mask).bool())
         _check_known(known, batch_size, max_length, model.vocab_size)
     with torch.inference_mode():
         return _decode(model, strategy, max_length, min_length, batch_size, condition, known, row_offset, progress)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from clihelpers import one_line_error, run
 from PIL import Image
 
+from arcli import registry
 from arcli.checkpoint import read_checkpoint, save_checkpoint
 from arcli.errors import DataError, OptionError
 from arcli.image.io import GUTTER, grid_size, occlude, upscale_factor, write_idx
@@ -310,7 +311,8 @@ def test_score_is_bits_per_dim_from_forward_and_draws_a_heatmap(corpus, trained,
 # models, info
 
 
-def test_models_lists_pixelcnn_and_info_describes_it(trained):
+def test_models_lists_pixelcnn_and_info_describes_it(trained, tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "checkpoints_dir", lambda: tmp_path)  # no shipped model: the defaults
     listing = ok(run("models")).stdout
     assert "pixelcnn" in listing and "image" in listing
     info = ok(run("models", "info", "pixelcnn")).stdout
@@ -430,7 +432,7 @@ def test_train_mistakes(corpus, tmp_path):
     assert not out.exists()
 
 
-def test_a_checkpoint_of_another_model_is_refused(corpus, tmp_path):
+def test_a_checkpoint_of_another_model_is_refused(corpus, tmp_path, monkeypatch):
     config = WaveNetConfig(layers_per_stack=2, stacks=1, residual_channels=4, dilation_channels=4, skip_channels=4, end_channels=4)
     wavenet = tmp_path / "wavenet.safetensors"
     save_checkpoint(wavenet, "wavenet", config, WaveNet(config).state_dict())
@@ -439,7 +441,8 @@ def test_a_checkpoint_of_another_model_is_refused(corpus, tmp_path):
     one_line_error(sample(wavenet, "-o", tmp_path / "x.png"), refused)
     one_line_error(complete(wavenet, images, "-o", tmp_path / "x.png"), refused)
     one_line_error(run("score-likelihood", "pixelcnn", "-c", wavenet, images), refused)
-    one_line_error(run("sample", "pixelcnn", "-o", tmp_path / "x.png"), "no shipped checkpoint", "--checkpoint")
+    monkeypatch.setattr(registry, "checkpoints_dir", lambda: tmp_path)  # an install that lost its checkpoint
+    one_line_error(run("sample", "pixelcnn", "-o", tmp_path / "x.png"), "shipped checkpoint", "missing", "--checkpoint")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wavenet.safetensors"]
     with pytest.raises(DataError):  # the library raises the same errors the CLI prints
         get_family("pixelcnn").task.prepare_training(get_family("pixelcnn"), PixelCNNConfig(), TrainRequest(data=[tmp_path / "wavenet.safetensors"]))

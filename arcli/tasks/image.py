@@ -661,5 +661,5 @@ PIXELCNN = ModelFamily(
     config_class=PixelCNNConfig,
     model_class=PixelCNN,
     task=ImageTask(),
-    default_checkpoint=None,  # none until a model is trained and shipped (Fashion-MNIST, issue 4)
+    default_checkpoint="pixelcnn-fashion.safetensors",
 )

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -26,15 +27,9 @@ def bigram_plugin(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(PLUGIN_SOURCE))
     monkeypatch.syspath_prepend(str(site))
     registry._entry_point_families.cache_clear()
-    yield os_pathsep_join(site, PLUGIN_SOURCE)
+    yield os.pathsep.join([str(site), str(PLUGIN_SOURCE)])  # for PYTHONPATH in subprocess tests
     registry._entry_point_families.cache_clear()
     sys.modules.pop("arcli_bigram", None)
-
-
-def os_pathsep_join(*paths: Path) -> str:
-    import os
-
-    return os.pathsep.join(str(p) for p in paths)
 
 
 @pytest.fixture(autouse=True, scope="session")

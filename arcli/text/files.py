@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from arcli.errors import DataError
@@ -9,8 +10,6 @@ from arcli.errors import DataError
 
 def read_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file, without line endings; '-' reads stdin."""
-    import sys
-
     try:
         raw = sys.stdin.buffer.read() if str(path) == "-" else Path(path).read_bytes()
     except FileNotFoundError:

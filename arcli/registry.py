@@ -118,6 +118,9 @@ def checkpoints_dir() -> Path:
 _BUILTIN = {
     "wavenet": "arcli.tasks.audio:WAVENET",
     "pixelcnn": "arcli.tasks.image:PIXELCNN",
+    "transformer": "arcli.tasks.translation:TRANSFORMER",
+    "rnn-attention": "arcli.tasks.translation:RNN_ATTENTION",
+    "transformer-lm": "arcli.tasks.text:TRANSFORMER_LM",
 }
 
 

@@ -222,10 +222,11 @@ def train(
                 if step == options.steps or step % options.eval_every == 0:
                     with _rng_unchanged(device):
                         valid_nll = _evaluate(model, loss_fn, data, options.batch_size, device, amp_dtype, progress)
+                        scores = _extra_scores(model, data)
                     train_nll = since_eval[0] / since_eval[1] if since_eval[1] else None
                     since_eval = [0.0, 0]
-                    history.append({"step": step, "train_nll": train_nll, "valid_nll": valid_nll})
-                    log(_eval_line(step, options.steps, train_nll, valid_nll, unit))
+                    history.append({"step": step, "train_nll": train_nll, "valid_nll": valid_nll, **scores})
+                    log(_eval_line(step, options.steps, train_nll, valid_nll, unit) + "".join(f", valid {k} {v}" for k, v in scores.items()))
                 if saving:
                     seconds = earlier_seconds + time.perf_counter() - started
                     metrics: dict[str, Any] = {"step": step, "wall_seconds": round(seconds, 1)}
@@ -233,6 +234,7 @@ def train(
                         metrics["valid_step"] = history[-1]["step"]  # when valid_nll was measured
                         metrics["valid_nll"] = valid_nll
                         metrics.update({f"valid_{k}": v for k, v in nll_metrics(valid_nll, unit).items()})
+                        metrics.update({f"valid_{k}": v for k, v in history[-1].items() if k not in ("step", "train_nll", "valid_nll")})
                     with _rng_unchanged(device):
                         save(metrics)
                     extra = {
@@ -293,6 +295,21 @@ def _evaluate(model, loss_fn, data, batch_size, device, amp_dtype, progress) -> 
     finally:
         model.train(was_training)
     return total / count if count else None
+
+
+def _extra_scores(model, data) -> dict[str, float]:
+    """Held-out scores beyond the likelihood, from `data.evaluate(model)` when the data has it
+    (translation: BLEU of greedy translations)."""
+    evaluate = getattr(data, "evaluate", None)
+    if evaluate is None:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return dict(evaluate(model))
+    finally:
+        model.train(was_training)
 
 
 def _eval_line(step, steps, train_nll, valid_nll, unit) -> str:

@@ -22,6 +22,7 @@ from arcli.training import TrainOptions, describe_hardware
 from arcli.training import train as run_training
 
 TRAINING = "Training"
+PARALLEL = "Parallel text (translation models)"
 
 
 def _settings(pairs: list[str]) -> dict[str, str]:
@@ -37,9 +38,13 @@ def _settings(pairs: list[str]) -> dict[str, str]:
 @user_errors
 def train(
     model: opt.ModelName,
-    data: Annotated[list[Path], typer.Option("--data", "-d", help="Training data: files or folders (repeat for several).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
+    data: Annotated[list[Path] | None, typer.Option("--data", "-d", help="Training data: files or folders (repeat for several).")] = None,
     valid: Annotated[list[Path] | None, typer.Option(help="Held-out data; default: a slice of --data.")] = None,
+    src: Annotated[Path | None, typer.Option(help="Translation: source sentences, one per line (UTF-8).", rich_help_panel=PARALLEL)] = None,
+    tgt: Annotated[Path | None, typer.Option(help="Translation: target sentences, line by line with --src.", rich_help_panel=PARALLEL)] = None,
+    valid_src: Annotated[Path | None, typer.Option(help="Translation: held-out sources; default: a slice of --src.", rich_help_panel=PARALLEL)] = None,
+    valid_tgt: Annotated[Path | None, typer.Option(help="Translation: held-out targets.", rich_help_panel=PARALLEL)] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help="Model setting KEY=VALUE (see `arcli models info`).")] = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps.", rich_help_panel=TRAINING)] = TrainOptions.steps,
     batch_size: Annotated[int, typer.Option(help="Examples per step.", rich_help_panel=TRAINING)] = TrainOptions.batch_size,
@@ -71,10 +76,15 @@ def train(
         check_new(output, force)
     elif not resume.exists():
         raise ArcliError(f"--resume: training state '{resume}' does not exist")
+    if not data and (src is None or tgt is None):
+        raise OptionError("give the training data: --data FILES_OR_FOLDERS, or --src FILE --tgt FILE for a translation model")
     family = get_family(model)
+    if family.modality != "translation" and (src or tgt or valid_src or valid_tgt):
+        raise OptionError(f"--src/--tgt/--valid-src/--valid-tgt are for translation models; '{model}' trains on --data")
     where = resolve_device(device.value)
     config = family.config(overrides=_settings(settings or []))
-    setup = family.task.prepare_training(family, config, TrainRequest(data=list(data), valid=list(valid or [])))
+    request = TrainRequest(data=list(data or []), valid=list(valid or []), src=src, tgt=tgt, valid_src=valid_src, valid_tgt=valid_tgt)
+    setup = family.task.prepare_training(family, config, request)
 
     torch.manual_seed(seed)
     net = family.build(setup.config).to(where)
@@ -85,7 +95,7 @@ def train(
     )
     provenance = {
         "command": "arcli " + shlex.join(sys.argv[1:]),
-        "data": [str(p) for p in data],
+        "data": [str(p) for p in (data or [src, tgt])],
         "seed": seed,
         "options": dataclasses.asdict(options),
         "device": describe_hardware(where),

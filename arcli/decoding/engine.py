@@ -73,13 +73,15 @@ def generate(
     top_p: float | None = None,
     seed: int | None = None,
     row_offset: int = 0,
+    row_max_lengths: torch.Tensor | list[int] | None = None,
     progress: ProgressCallback | None = None,
 ) -> list[list[Hypothesis]]:
     """Decode `batch_size` rows from `model`; returns, per row, its hypotheses best first.
 
     Beam search returns `nbest` hypotheses per row; sampling returns `nbest` independent samples;
     greedy returns one. Generation stops at EOS (when the model has one) or after `max_length`
-    tokens; EOS is not allowed before `min_length` tokens. Row r draws its samples from the random
+    tokens (or row r's own `row_max_lengths[r]`, at most `max_length`, e.g. relative to its
+    source's length); EOS is not allowed before `min_length` tokens. Row r draws its samples from the random
     stream of (`seed`, `row_offset` + r), so the result does not depend on `batch_size`.
     """
     if isinstance(strategy, str):
@@ -92,12 +94,17 @@ def generate(
             raise OptionError(f"{name} must be a whole number >= {low}, got {value!r}")
     if min_length > max_length:
         raise OptionError(f"min length {min_length} is larger than max length {max_length}")
+    limits = torch.full((batch_size,), max_length, dtype=torch.long)
+    if row_max_lengths is not None:
+        limits = torch.as_tensor(row_max_lengths, dtype=torch.long).clamp(max=max_length)
+        if limits.shape != (batch_size,) or bool((limits < max(min_length, 1)).any()):
+            raise OptionError(f"row max lengths must be {batch_size} numbers >= max(1, min length {min_length})")
     if known is not None:  # any integer dtype (images come as uint8) -> token ids, bool mask
         values, mask = (known.values, known.mask) if isinstance(known, Known) else known
         known = Known(torch.as_tensor(values).long(), torch.as_tensor(mask).bool())
         _check_known(known, batch_size, max_length, model.vocab_size)
     with torch.inference_mode():
-        return _decode(model, strategy, max_length, min_length, batch_size, condition, known, row_offset, progress)
+        return _decode(model, strategy, max_length, limits, min_length, batch_size, condition, known, row_offset, progress)
 
 
 def _check_known(known: Known, batch_size: int, max_length: int, vocab_size: int) -> None:
@@ -110,7 +117,7 @@ def _check_known(known: Known, batch_size: int, max_length: int, vocab_size: int
         raise ValueError(f"known values must be token ids in [0, {vocab_size})")
 
 
-def _decode(model, strategy: Strategy, max_length, min_length, batch_size, condition, known, row_offset, progress):
+def _decode(model, strategy: Strategy, max_length, limits, min_length, batch_size, condition, known, row_offset, progress):
     width, eos = strategy.width, model.eos_id
     strategy.begin(batch_size, row_offset)
     state = model.start(batch_size, condition)
@@ -130,6 +137,7 @@ def _decode(model, strategy: Strategy, max_length, min_length, batch_size, condi
         b, device = rows.numel(), logits.device
         if scores is None:  # first step: now we know the device
             rows, scores = rows.to(device), torch.zeros(batch_size, width, device=device)
+            limits = limits.to(device)
             if strategy.replaces_finished:
                 scores[:, 1:] = NEG_INF  # all beams are equal at first: expand only one
             alive = torch.isfinite(scores)
@@ -170,11 +178,13 @@ def _decode(model, strategy: Strategy, max_length, min_length, batch_size, condi
             tokens_t, beams = cand_tokens, None
         history[:, :, t] = tokens_t
 
+        at_limit = limits[rows] <= t + 1  # (b,) rows whose hypotheses end here as they stand
+        if bool(at_limit.any()):
+            _finalize(strategy, finished, rows, history, t + 1, scores, None, None, alive & at_limit.unsqueeze(1))
         if t == max_length - 1:
-            _finalize(strategy, finished, rows, history, t + 1, scores, None, None, alive)
             rows = rows[:0]
         else:
-            done = ~alive.any(dim=1)
+            done = ~alive.any(dim=1) | at_limit
             if strategy.replaces_finished:
                 counts = torch.tensor([len(finished[r]) for r in rows.tolist()], device=device)
                 done |= counts >= width

@@ -62,9 +62,13 @@ class Loaded:
 
 @dataclass(frozen=True)
 class TrainRequest:
-    data: list[Path]
+    data: list[Path] = field(default_factory=list)
     valid: list[Path] = field(default_factory=list)  # empty: the task holds out part of `data`
     valid_fraction: float = 0.05
+    src: Path | None = None  # translation: parallel text, one sentence per line
+    tgt: Path | None = None
+    valid_src: Path | None = None  # None: the task holds out part of src/tgt
+    valid_tgt: Path | None = None
 
 
 @dataclass

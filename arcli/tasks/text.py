@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -11,10 +12,12 @@ import torch.nn.functional as F
 
 from arcli.decoding import Known, generate
 from arcli.errors import DataError, OptionError
+from arcli.models.transformer import Transformer, TransformerLMConfig
 from arcli.outputs import check_new, open_output
+from arcli.registry import ModelFamily
 from arcli.tasks import Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
 from arcli.text.files import read_lines
-from arcli.text.tokenizers import ByteTokenizer, tokenizer_from_json
+from arcli.text.tokenizers import ByteTokenizer, SubwordTokenizer, tokenizer_from_json
 from arcli.training import LossOutput
 
 MAX_TOKENS = 512  # longer lines are cut for training (scoring takes them whole)
@@ -53,16 +56,23 @@ def token_logprobs(model: torch.nn.Module, tokens: torch.Tensor, lengths: torch.
 
 
 class TextTask(Task):
+    """Line-by-line language modelling; `subword=True` trains a BPE tokenizer of the config's
+    `vocab_size` on the training text (else UTF-8 bytes)."""
+
     modality = "text"
     unit = "nats/token"
     default_strategy = "sample"
     progress_unit = "tok"
 
-    def _tokenizer(self, loaded: Loaded) -> ByteTokenizer:
+    def __init__(self, subword: bool = False):
+        self.subword = subword
+
+    def _tokenizer(self, loaded: Loaded) -> ByteTokenizer | SubwordTokenizer:
         return tokenizer_from_json(loaded.checkpoint.tokenizer)
 
     def prepare_training(self, family, config, request: TrainRequest) -> TrainingSetup:
-        tokenizer = ByteTokenizer()
+        if request.src is not None or request.tgt is not None:
+            raise OptionError(f"'{family.name}' is a language model: train it with --data (--src/--tgt are for translation models)")
         lines = [line for path in _files(request.data) for line in read_lines(path) if line.strip()]
         if request.valid:
             valid = [line for path in _files(request.valid) for line in read_lines(path) if line.strip()]
@@ -71,6 +81,10 @@ class TextTask(Task):
             valid, lines = lines[::step], [line for i, line in enumerate(lines) if i % step]
         if not lines or not valid:
             raise DataError("not enough text: need non-empty lines for both training and held-out data")
+        tokenizer = ByteTokenizer()
+        if self.subword:
+            tokenizer = SubwordTokenizer.train(lines, config.vocab_size)
+            config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
         encode = lambda line: tokenizer.encode(line) + [tokenizer.eos_id]  # noqa: E731
         data = LineData([encode(line) for line in lines], [encode(line) for line in valid])
         meta = {"lines": len(lines), "valid_lines": len(valid), "tokens": sum(map(len, data.train))}
@@ -142,3 +156,14 @@ def _files(paths: list[Path]) -> list[Path]:
     if not found:
         raise DataError(f"no text files (.txt) under {', '.join(map(str, paths))}")
     return found
+
+
+TRANSFORMER_LM = ModelFamily(
+    name="transformer-lm",
+    modality="text",
+    summary="decoder-only Transformer language model of text lines (sample with --prompt)",
+    config_class=TransformerLMConfig,
+    model_class=Transformer,
+    task=TextTask(subword=True),
+    default_checkpoint=None,
+)

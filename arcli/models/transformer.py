@@ -214,7 +214,7 @@ class Transformer(nn.Module):
         x = self._embed(tokens.view(-1, 1).to(self.embed.weight.device), offset=t)
         caches = []
         for i, layer in enumerate(self.decoder):
-            def cached_kv(h, i=i):
+            def cached_kv(h, i=i, layer=layer):
                 k, v = layer.attn.keys_values(h)
                 if state["self"][i] is not None:
                     k, v = torch.cat([state["self"][i][0], k], dim=2), torch.cat([state["self"][i][1], v], dim=2)

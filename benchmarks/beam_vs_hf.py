@@ -1,0 +1,315 @@
+"""Beam search: arcli's engine against Hugging Face `generate`, and arcli's Transformer with and without its KV cache.
+
+    pip install -e ".[bench]"          # arcli plus the peer, Hugging Face transformers
+    python benchmarks/beam_vs_hf.py [--sentences 200] [--batch-size 20] [--beam-size 5] [--repeats 2]
+
+Everything runs on the CPU with one torch thread, under torch.inference_mode; every timing is the
+best of --repeats runs, since a shared machine is noisy. Nothing is downloaded (HF_HUB_OFFLINE=1).
+
+1. Peer comparison. A small MarianMTModel (d_model 256, 3+3 layers, 4 heads, ffn 1024, vocabulary
+   8000) is built from a local MarianConfig with random weights and a fixed seed. Its output layer
+   is scaled up and EOS gets a bias so that the random model is confident and ends hypotheses at
+   different lengths, as a trained one does. `MarianAdapter` gives it arcli's model contract
+   (start/step/reorder on HF's encoder output and its EncoderDecoderCache). The same random sources
+   (token ids, 5..40 of them, then EOS) are decoded in the same batches by
+   `arcli.decoding.generate(adapter, "beam", ...)` and by HF's
+   `model.generate(num_beams=5, early_stopping=True, length_penalty=1.0, do_sample=False)`.
+   Both then search the same distribution with the same rule (fairseq's beam search):
+     - 2 x beam candidates a step; an EOS counts only among the best `beam` candidates; a row is
+       done once `beam` hypotheses have ended (HF: early_stopping=True);
+     - a finished hypothesis is ranked by logprob / length ** length_penalty, where length counts
+       the generated tokens and the EOS but not the decoder start token (HF divides by
+       cur_len + 1 - decoder_prompt_len, the prompt being the start token alone);
+     - HF's default logits processing for Marian is switched off: the config's
+       forced_eos_token_id would force EOS (with log-probability 0) at the last step; arcli ends a
+       hypothesis at max_length as it stands. The pad token (Marian's decoder start token) is made
+       impossible in the model itself (final_logits_bias = -inf), since a processor in HF masks it
+       after log_softmax (no renormalisation) and arcli would renormalise: with the bias both see
+       exactly the same log-probabilities. `bad_words_ids`, min length etc. are not set.
+   Rows are compared token by token (HF's output without its start token and the padding after EOS).
+2. KV cache. arcli's Transformer -- the shipped checkpoints/transformer-en-es.safetensors when it
+   exists, else TransformerConfig() with random weights (speed hardly depends on the weights'
+   values) -- translates --cache-sentences sentences of /work/data/bible/test.en (synthetic token
+   ids without a checkpoint's tokenizer) with beam 5, through `generate` with (a) the model itself,
+   whose `step` keeps per-layer keys/values, and (b) `Recompute`, whose state is the token prefix
+   and whose step runs `forward` over the whole prefix (and the encoder) again.
+
+Columns printed:
+  identical      rows whose best hypothesis is the same token sequence in arcli and HF, of all rows
+  ended by EOS   share of the best hypotheses that end with EOS before max length (a random model
+                 that never ends would make the comparison trivial)
+  sent/s         sentences decoded per second (best of the repeats)
+  arcli/HF       arcli's sentences/s over HF's (> 1: arcli is faster)
+  tokens/s       tokens of the best hypotheses (EOS included) per second
+  speed-up       tokens/s with the KV cache over tokens/s without it
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from arcli.decoding import generate  # noqa: E402
+from arcli.models.transformer import Source, Transformer, TransformerConfig  # noqa: E402
+from arcli.registry import get_family  # noqa: E402
+from arcli.tasks.translation import source_batch  # noqa: E402
+
+BIBLE_TEST = Path("/work/data/bible/test.en")
+
+
+def best_time(repeats: int, run):
+    """(result of the last call, least seconds) over `repeats` calls of run()."""
+    seconds = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        result = run()
+        seconds.append(time.perf_counter() - begin)
+    return result, min(seconds)
+
+
+# --- 1. arcli's beam search against Hugging Face's -------------------------------------------------
+
+
+def build_marian(vocab_size: int, seed: int, logit_scale: float, eos_scale: float, eos_bias: float):
+    """A random MarianMTModel, confident enough that beam search ends hypotheses at varied lengths."""
+    from transformers import MarianConfig, MarianMTModel
+
+    torch.manual_seed(seed)
+    pad = vocab_size - 1  # Marian's convention: EOS 0, pad last; pad is also the decoder start token
+    config = MarianConfig(
+        vocab_size=vocab_size, d_model=256, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024, max_position_embeddings=512,
+        eos_token_id=0, pad_token_id=pad, decoder_start_token_id=pad, forced_eos_token_id=None,
+        scale_embedding=True, init_std=0.05,  # tokens, not positions, dominate the decoder's input: outputs depend on the source
+        tie_word_embeddings=False,  # an output layer of its own, scaled below without touching the embeddings
+    )
+    model = MarianMTModel(config).eval()
+    model.generation_config.forced_eos_token_id = None  # no EOS forced at max length (see the docstring)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(logit_scale)
+        model.lm_head.weight[config.eos_token_id].mul_(eos_scale)  # EOS's logit varies more with the context...
+        model.final_logits_bias[0, config.eos_token_id] = eos_bias  # ... and sometimes wins
+        model.final_logits_bias[0, pad] = float("-inf")  # never generated, in arcli and HF alike
+    return model
+
+
+class MarianAdapter:
+    """arcli's model contract around a Hugging Face encoder-decoder: the encoder runs once in
+    `start`; `step` feeds one token per row with HF's own past_key_values cache."""
+
+    def __init__(self, model):
+        self.model = model
+        self.vocab_size = model.config.vocab_size
+        self.eos_id = model.config.eos_token_id
+        self.start_id = model.config.decoder_start_token_id
+
+    def start(self, batch_size: int, condition: Source) -> dict:
+        tokens, lengths = condition
+        mask = (torch.arange(tokens.shape[1]) < lengths.unsqueeze(1)).long()  # (B, S)
+        memory = self.model.get_encoder()(input_ids=tokens, attention_mask=mask).last_hidden_state  # (B, S, D)
+        return {"memory": memory, "mask": mask, "cache": None}
+
+    def step(self, state: dict, tokens: torch.Tensor | None):
+        if tokens is None:  # arcli's first step: HF starts from the decoder start token
+            tokens = torch.full((state["memory"].shape[0],), self.start_id, dtype=torch.long)
+        out = self.model(
+            encoder_outputs=(state["memory"],), attention_mask=state["mask"], decoder_input_ids=tokens.view(-1, 1),
+            past_key_values=state["cache"], use_cache=True,
+        )
+        return out.logits[:, -1], {**state, "cache": out.past_key_values}
+
+    def reorder(self, state: dict, index: torch.Tensor) -> dict:
+        cache = state["cache"]
+        if cache is not None:
+            cache.reorder_cache(index)  # in place: the engine never uses the old state again
+        return {"memory": state["memory"].index_select(0, index), "mask": state["mask"].index_select(0, index), "cache": cache}
+
+
+def random_sources(count: int, vocab_size: int, seed: int) -> list[list[int]]:
+    """Token ids 1 .. vocab_size - 2 (neither EOS nor pad), 5..40 of them, EOS not yet appended."""
+    rng = random.Random(seed)
+    return [[rng.randrange(1, vocab_size - 1) for _ in range(rng.randint(5, 40))] for _ in range(count)]
+
+
+def padded(sources: list[list[int]], eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids (B, S) ended with EOS and padded with pad_id, lengths (B,))."""
+    tokens, lengths = source_batch(sources, eos_id)
+    inside = torch.arange(tokens.shape[1]) < lengths.unsqueeze(1)
+    return tokens.masked_fill(~inside, pad_id), lengths
+
+
+def decode_arcli(adapter: MarianAdapter, batches, beam_size: int, max_new_tokens: int) -> list[list[int]]:
+    out = []
+    for tokens, lengths in batches:
+        rows = generate(
+            adapter, "beam", max_length=max_new_tokens, batch_size=tokens.shape[0], condition=Source(tokens, lengths),
+            beam_size=beam_size, nbest=1, length_penalty=1.0,
+        )
+        out += [hyps[0].tokens for hyps in rows]
+    return out
+
+
+def decode_hf(model, batches, beam_size: int, max_new_tokens: int) -> list[list[int]]:
+    eos, pad = model.config.eos_token_id, model.config.pad_token_id
+    out = []
+    for tokens, lengths in batches:
+        mask = (torch.arange(tokens.shape[1]) < lengths.unsqueeze(1)).long()
+        sequences = model.generate(
+            input_ids=tokens, attention_mask=mask, num_beams=beam_size, num_return_sequences=1, length_penalty=1.0,
+            early_stopping=True, do_sample=False, max_new_tokens=max_new_tokens, min_length=0,
+        )
+        for row in sequences[:, 1:].tolist():  # without the decoder start token
+            out.append(row[: row.index(eos) + 1] if eos in row else [t for t in row if t != pad])
+    return out
+
+
+def compare_with_hf(args) -> None:
+    import transformers
+
+    model = build_marian(args.vocab, args.seed, args.logit_scale, args.eos_scale, args.eos_bias)
+    adapter = MarianAdapter(model)
+    eos, pad = model.config.eos_token_id, model.config.pad_token_id
+    sources = random_sources(args.sentences, args.vocab, args.seed)
+    sources.sort(key=len, reverse=True)  # similar lengths batch together, as `arcli translate` does
+    batches = [padded(sources[i : i + args.batch_size], eos, pad) for i in range(0, len(sources), args.batch_size)]
+    with torch.inference_mode():
+        ours, ours_s = best_time(args.repeats, lambda: decode_arcli(adapter, batches, args.beam_size, args.max_new_tokens))
+        theirs, theirs_s = best_time(args.repeats, lambda: decode_hf(model, batches, args.beam_size, args.max_new_tokens))
+    same = sum(a == b for a, b in zip(ours, theirs, strict=True))
+    ended = sum(1 for hyp in ours if hyp and hyp[-1] == eos) / len(ours)
+    lengths = sorted(len(hyp) for hyp in ours)
+    print(
+        f"1. arcli beam search vs Hugging Face transformers {transformers.__version__} generate: random MarianMTModel "
+        f"(vocab {args.vocab}, d_model 256, 3+3 layers), {len(sources)} random sources of 5..40 tokens, "
+        f"beam {args.beam_size}, length penalty 1.0, at most {args.max_new_tokens} new tokens, batch {args.batch_size}"
+    )
+    print(
+        f"   best hypotheses: {100 * ended:.0f}% ended by EOS before max length, lengths {lengths[0]}..{lengths[-1]} "
+        f"(median {lengths[len(lengths) // 2]})"
+    )
+    print(f"   {'identical':>10} {'arcli sent/s':>13} {'HF sent/s':>10} {'arcli/HF':>9}")
+    print(f"   {f'{same}/{len(ours)}':>10} {len(ours) / ours_s:>13.1f} {len(theirs) / theirs_s:>10.1f} {theirs_s / ours_s:>9.2f}")
+    for index, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        if a != b:
+            print(f"   first difference, row {index}: arcli {a}\n{'':>29}HF {b}")
+            break
+
+
+# --- 2. arcli's Transformer with and without its KV cache -----------------------------------------
+
+
+class Recompute:
+    """The Transformer without any cache: the state is the token prefix (and the source), and each
+    step runs `forward` (encoder included) over the whole prefix again."""
+
+    def __init__(self, model: Transformer):
+        self.model = model
+        self.vocab_size, self.eos_id = model.vocab_size, model.eos_id
+
+    def start(self, batch_size: int, condition: Source) -> dict:
+        return {"prefix": torch.zeros(batch_size, 0, dtype=torch.long), "source": condition}
+
+    def step(self, state: dict, tokens: torch.Tensor | None):
+        prefix = state["prefix"] if tokens is None else torch.cat([state["prefix"], tokens.view(-1, 1)], dim=1)
+        # forward(x)[:, t] is the distribution of x[:, t] given x[:, :t]: the last position, after any
+        # placeholder token, is the distribution of the token that follows the prefix.
+        placeholder = torch.full_like(prefix[:, :1], self.eos_id)
+        logits = self.model(torch.cat([prefix, placeholder], dim=1), state["source"])[:, -1]  # (B, V)
+        return logits, {**state, "prefix": prefix}
+
+    def reorder(self, state: dict, index: torch.Tensor) -> dict:
+        tokens, lengths = state["source"]
+        return {"prefix": state["prefix"].index_select(0, index), "source": Source(tokens.index_select(0, index), lengths.index_select(0, index))}
+
+
+def load_transformer(seed: int):
+    """(model, tokenizer or None, description): the shipped checkpoint, else random weights."""
+    family = get_family("transformer")
+    path = family.shipped_checkpoint()
+    if path is not None and path.exists():
+        from arcli.text.tokenizers import tokenizer_from_json
+
+        model, checkpoint = family.load(path, torch.device("cpu"))
+        return model, tokenizer_from_json(checkpoint.tokenizer), f"shipped checkpoint {path.name}"
+    torch.manual_seed(seed)
+    model = Transformer(TransformerConfig()).eval()
+    return model, None, f"TransformerConfig() with RANDOM weights ({path.name if path else 'the checkpoint'} is not there yet)"
+
+
+def cache_sources(tokenizer, count: int, vocab_size: int, seed: int) -> tuple[list[list[int]], str]:
+    if tokenizer is not None and BIBLE_TEST.exists():
+        lines = [line for line in BIBLE_TEST.read_text(encoding="utf-8").splitlines() if line.strip()][:count]
+        return [tokenizer.encode(line) for line in lines], f"the first {len(lines)} lines of {BIBLE_TEST}"
+    rng = random.Random(seed)
+    return [[rng.randrange(2, vocab_size) for _ in range(rng.randint(5, 40))] for _ in range(count)], f"{count} synthetic sources of 5..40 token ids"
+
+
+def decode_translation(model, batches, beam_size: int) -> list[list[int]]:
+    out = []
+    for source, limits in batches:
+        rows = generate(
+            model, "beam", max_length=max(limits), row_max_lengths=limits, batch_size=len(limits), condition=source,
+            beam_size=beam_size, nbest=1, length_penalty=1.0,
+        )
+        out += [hyps[0].tokens for hyps in rows]
+    return out
+
+
+def compare_cache(args) -> None:
+    model, tokenizer, description = load_transformer(args.seed)
+    sources, where = cache_sources(tokenizer, args.cache_sentences, model.vocab_size, args.seed)
+    sources.sort(key=len, reverse=True)
+    batches = []
+    for i in range(0, len(sources), args.batch_size):
+        chunk = sources[i : i + args.batch_size]
+        limits = [min(2 * (len(s) + 1) + 10, 256) for s in chunk]  # as `translate --max-length-ratio 2` would
+        batches.append((source_batch(chunk, model.eos_id), limits))
+    with torch.inference_mode():
+        cached, cached_s = best_time(args.repeats, lambda: decode_translation(model, batches, args.beam_size))
+        plain, plain_s = best_time(args.repeats, lambda: decode_translation(Recompute(model), batches, args.beam_size))
+    same = sum(a == b for a, b in zip(cached, plain, strict=True))
+    tokens = sum(len(hyp) for hyp in cached)
+    print(
+        f"2. arcli Transformer, {description}: {where}, beam {args.beam_size}, batch {args.batch_size}, "
+        f"at most 2 x (source + 1) + 10 tokens"
+    )
+    print(f"   {'identical':>10} {'tokens':>7} {'KV cache tok/s':>15} {'recompute tok/s':>16} {'speed-up':>9}")
+    print(
+        f"   {f'{same}/{len(cached)}':>10} {tokens:>7} {tokens / cached_s:>15.1f} "
+        f"{sum(len(hyp) for hyp in plain) / plain_s:>16.1f} {plain_s / cached_s * tokens / tokens:>9.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sentences", type=int, default=200, help="random sources decoded by arcli and HF")
+    parser.add_argument("--batch-size", type=int, default=20)
+    parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--logit-scale", type=float, default=4.0, help="output layer weights x this: a confident random model")
+    parser.add_argument("--eos-scale", type=float, default=3.0, help="EOS's output weights x this again: its logit depends on the context")
+    parser.add_argument("--eos-bias", type=float, default=8.0, help="added to EOS's logit so that hypotheses end")
+    parser.add_argument("--cache-sentences", type=int, default=50, help="sentences translated with and without the KV cache")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-hf", action="store_true", help="only part 2")
+    parser.add_argument("--skip-cache", action="store_true", help="only part 1")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} thread, best of {args.repeats} runs")
+    if not args.skip_hf:
+        compare_with_hf(args)
+    if not args.skip_cache:
+        compare_cache(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -86,12 +86,11 @@ def build_marian(vocab_size: int, seed: int, logit_scale: float, eos_scale: floa
     config = MarianConfig(
         vocab_size=vocab_size, d_model=256, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024, max_position_embeddings=512,
-        eos_token_id=0, pad_token_id=pad, decoder_start_token_id=pad, forced_eos_token_id=None,
+        eos_token_id=0, pad_token_id=pad, decoder_start_token_id=pad, forced_eos_token_id=0,  # Marian's defaults
         scale_embedding=True, init_std=0.05,  # tokens, not positions, dominate the decoder's input: outputs depend on the source
         tie_word_embeddings=False,  # an output layer of its own, scaled below without touching the embeddings
     )
     model = MarianMTModel(config).eval()
-    model.generation_config.forced_eos_token_id = None  # no EOS forced at max length (see the docstring)
     with torch.no_grad():
         model.lm_head.weight.mul_(logit_scale)
         model.lm_head.weight[config.eos_token_id].mul_(eos_scale)  # EOS's logit varies more with the context...
@@ -102,10 +101,16 @@ def build_marian(vocab_size: int, seed: int, logit_scale: float, eos_scale: floa
 
 class MarianAdapter:
     """arcli's model contract around a Hugging Face encoder-decoder: the encoder runs once in
-    `start`; `step` feeds one token per row with HF's own past_key_values cache."""
+    `start`; `step` feeds one token per row with HF's own past_key_values cache
+    (EncoderDecoderCache, reordered in place by its `reorder_cache`).
 
-    def __init__(self, model):
-        self.model = model
+    forced_eos_at: the number of steps after which EOS is forced, as HF's ForcedEOSTokenLogitsProcessor
+    does for Marian (forced_eos_token_id): at the last step EOS gets log-probability 0 and every
+    other token -inf. None: nothing forced.
+    """
+
+    def __init__(self, model, forced_eos_at: int | None = None):
+        self.model, self.forced_eos_at = model, forced_eos_at
         self.vocab_size = model.config.vocab_size
         self.eos_id = model.config.eos_token_id
         self.start_id = model.config.decoder_start_token_id
@@ -114,7 +119,7 @@ class MarianAdapter:
         tokens, lengths = condition
         mask = (torch.arange(tokens.shape[1]) < lengths.unsqueeze(1)).long()  # (B, S)
         memory = self.model.get_encoder()(input_ids=tokens, attention_mask=mask).last_hidden_state  # (B, S, D)
-        return {"memory": memory, "mask": mask, "cache": None}
+        return {"memory": memory, "mask": mask, "cache": None, "t": 0}
 
     def step(self, state: dict, tokens: torch.Tensor | None):
         if tokens is None:  # arcli's first step: HF starts from the decoder start token
@@ -123,13 +128,17 @@ class MarianAdapter:
             encoder_outputs=(state["memory"],), attention_mask=state["mask"], decoder_input_ids=tokens.view(-1, 1),
             past_key_values=state["cache"], use_cache=True,
         )
-        return out.logits[:, -1], {**state, "cache": out.past_key_values}
+        logits = out.logits[:, -1]  # (B, V)
+        if state["t"] + 1 == self.forced_eos_at:
+            logits = torch.full_like(logits, float("-inf"))
+            logits[:, self.eos_id] = 0.0
+        return logits, {**state, "cache": out.past_key_values, "t": state["t"] + 1}
 
     def reorder(self, state: dict, index: torch.Tensor) -> dict:
         cache = state["cache"]
         if cache is not None:
             cache.reorder_cache(index)  # in place: the engine never uses the old state again
-        return {"memory": state["memory"].index_select(0, index), "mask": state["mask"].index_select(0, index), "cache": cache}
+        return {**state, "memory": state["memory"].index_select(0, index), "mask": state["mask"].index_select(0, index), "cache": cache}
 
 
 def random_sources(count: int, vocab_size: int, seed: int) -> list[list[int]]:
@@ -163,7 +172,7 @@ def decode_hf(model, batches, beam_size: int, max_new_tokens: int) -> list[list[
         mask = (torch.arange(tokens.shape[1]) < lengths.unsqueeze(1)).long()
         sequences = model.generate(
             input_ids=tokens, attention_mask=mask, num_beams=beam_size, num_return_sequences=1, length_penalty=1.0,
-            early_stopping=True, do_sample=False, max_new_tokens=max_new_tokens, min_length=0,
+            early_stopping=True, do_sample=False, max_new_tokens=max_new_tokens,
         )
         for row in sequences[:, 1:].tolist():  # without the decoder start token
             out.append(row[: row.index(eos) + 1] if eos in row else [t for t in row if t != pad])
@@ -174,7 +183,9 @@ def compare_with_hf(args) -> None:
     import transformers
 
     model = build_marian(args.vocab, args.seed, args.logit_scale, args.eos_scale, args.eos_bias)
-    adapter = MarianAdapter(model)
+    if args.no_forced_eos:
+        model.generation_config.forced_eos_token_id = None
+    adapter = MarianAdapter(model, forced_eos_at=None if args.no_forced_eos else args.max_new_tokens)
     eos, pad = model.config.eos_token_id, model.config.pad_token_id
     sources = random_sources(args.sentences, args.vocab, args.seed)
     sources.sort(key=len, reverse=True)  # similar lengths batch together, as `arcli translate` does
@@ -297,6 +308,7 @@ def main() -> None:
     parser.add_argument("--logit-scale", type=float, default=4.0, help="output layer weights x this: a confident random model")
     parser.add_argument("--eos-scale", type=float, default=3.0, help="EOS's output weights x this again: its logit depends on the context")
     parser.add_argument("--eos-bias", type=float, default=8.0, help="added to EOS's logit so that hypotheses end")
+    parser.add_argument("--no-forced-eos", action="store_true", help="switch off Marian's forced EOS at max length in HF and in the adapter")
     parser.add_argument("--cache-sentences", type=int, default=50, help="sentences translated with and without the KV cache")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

@@ -250,3 +250,32 @@ def test_known_values_of_any_integer_dtype():
     assert hyp.tokens[:2] == [255, 7]
     with pytest.raises(ValueError, match="token ids"):
         generate(model, "greedy", max_length=3, known=(torch.tensor([[256, 7]]), torch.tensor([[True, True]])))
+
+
+def test_beam_eos_outside_the_best_w_goes_no_further():
+    # W = 2. After step 1 the 2W = 4 candidates are (1,EOS) .30, (1,1) .15, (2,EOS) .14, (2,1) .10:
+    # (1,EOS) finishes; (2,EOS) is outside the best W, so it neither finishes nor lives on (fairseq,
+    # Hugging Face). The live beams are (1,1) and (2,1); at step 2, (2,1,EOS) = .09 is the best
+    # candidate and finishes the row. Were (2,EOS) kept alive, (2,EOS,EOS) = .1386 would win.
+    table = dict_table({
+        (): [0.05, 0.5, 0.4, 0.05],
+        (1,): [0.6, 0.3, 0.05, 0.05],
+        (2,): [0.35, 0.25, 0.2, 0.2],
+        (1, 1): [0.1, 0.5, 0.3, 0.1],
+        (2, 0): [0.99, 0.0033, 0.0033, 0.0034],
+    }, default=[0.9, 0.05, 0.03, 0.02])
+    model = TableModel(table, vocab_size=4, eos_id=0)
+    (hyps,) = generate(model, "beam", beam_size=2, nbest=2, length_penalty=0.0, max_length=6)
+    assert [h.tokens for h in hyps] == [[1, 0], [2, 1, 0]]
+    assert [h.logprob for h in hyps] == pytest.approx([math.log(0.5 * 0.6), math.log(0.4 * 0.25 * 0.9)])
+
+
+def test_beam_at_the_length_limit_keeps_the_best_of_what_ends_there():
+    # W = 2, max length 2. Step 0: [EOS] (.4) finishes, beams 1 (.35) and 2 (.2). Step 1 is the
+    # limit: (1,EOS) = .105 ends with EOS and (1,1) = .21 is cut there; one slot is left, and the
+    # better of the two, (1,1), takes it.
+    table = dict_table({(): [0.4, 0.35, 0.2, 0.05], (1,): [0.3, 0.6, 0.05, 0.05]}, default=[0.1, 0.3, 0.3, 0.3])
+    model = TableModel(table, vocab_size=4, eos_id=0)
+    (hyps,) = generate(model, "beam", beam_size=2, nbest=2, length_penalty=0.0, max_length=2)
+    assert [h.tokens for h in hyps] == [[0], [1, 1]]
+    assert hyps[1].logprob == pytest.approx(math.log(0.35 * 0.6))

@@ -25,6 +25,8 @@ def _shipped(family):
 def _headline(family, stored) -> str:
     if stored is None:
         return "-"
+    if "test_bleu" in stored.metrics:  # translation: the test set's sacreBLEU, as in the model card
+        return f"BLEU {stored.metrics['test_bleu']:.1f} (test)"
     metric = stored.metrics.get("valid_nll")
     if metric is None:
         return "-"

@@ -155,11 +155,14 @@ def _decode(model, strategy: Strategy, max_length, limits, min_length, batch_siz
             cand_scores, cand_tokens, cand_beams, cand_alive = _force_known(
                 strategy, known, t, rows, lprobs, scores, alive, cand_scores, cand_tokens, cand_beams, cand_alive
             )
+        at_limit = limits[rows] <= t + 1  # (b,) rows whose hypotheses end at this step, EOS or not
+        last = {int(rows[i]): len(finished[int(rows[i])]) for i in at_limit.nonzero().flatten().tolist()}
         ends = None  # (b, C): candidates that end here with EOS
         if eos is not None:
             ends = (cand_tokens == eos) & cand_alive
-            ends[:, width:] = False  # an EOS outside the best W does not count (fairseq)
-            _finalize(strategy, finished, rows, history, t, cand_scores, cand_tokens, cand_beams, ends)
+            counted = ends.clone()
+            counted[:, width:] = False  # an EOS outside the best W finishes nothing, and goes on no further (fairseq)
+            _finalize(strategy, finished, rows, history, t, cand_scores, cand_tokens, cand_beams, counted, uncapped=last)
 
         if strategy.replaces_finished:  # keep the best W candidates that did not end
             rank = torch.arange(cand_tokens.shape[1], device=device).expand_as(cand_tokens)
@@ -178,9 +181,11 @@ def _decode(model, strategy: Strategy, max_length, limits, min_length, batch_siz
             tokens_t, beams = cand_tokens, None
         history[:, :, t] = tokens_t
 
-        at_limit = limits[rows] <= t + 1  # (b,) rows whose hypotheses end here as they stand
-        if bool(at_limit.any()):
-            _finalize(strategy, finished, rows, history, t + 1, scores, None, None, alive & at_limit.unsqueeze(1))
+        if last:  # the best W of what ends at the limit (with EOS or cut there) join what finished before
+            _finalize(strategy, finished, rows, history, t + 1, scores, None, None, alive & at_limit.unsqueeze(1), uncapped=last)
+            for row, before in last.items():
+                ending = sorted(finished[row][before:], key=lambda h: h.score, reverse=True)
+                finished[row][before:] = ending[: max(0, strategy.width - before)] if strategy.replaces_finished else ending
         if t == max_length - 1:
             rows = rows[:0]
         else:
@@ -234,13 +239,15 @@ def _force_known(strategy, known: Known, t, rows, lprobs, scores, alive, cand_sc
     )
 
 
-def _finalize(strategy, finished, rows, history, length, cand_scores, cand_tokens, cand_beams, which):
-    """Turn the candidates marked in `which` (b, C) into finished hypotheses of their rows."""
+def _finalize(strategy, finished, rows, history, length, cand_scores, cand_tokens, cand_beams, which, uncapped=()):
+    """Turn the candidates marked in `which` (b, C) into finished hypotheses of their rows. A beam
+    row takes its first W finished hypotheses, except the rows in `uncapped` (at their length
+    limit: the caller keeps the best of what ends there)."""
     if not bool(which.any()):
         return
     for i, c in which.nonzero().tolist():
         row = int(rows[i])
-        if strategy.replaces_finished and len(finished[row]) >= strategy.width:
+        if strategy.replaces_finished and row not in uncapped and len(finished[row]) >= strategy.width:
             continue
         if cand_tokens is None:  # max length reached: the hypothesis as it stands
             seq = history[i, c, :length].tolist()

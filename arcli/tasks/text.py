@@ -38,12 +38,12 @@ class LineData:
             yield pad([seq[:MAX_TOKENS] for seq in self.valid[start : start + batch_size]])
 
 
-def pad(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens (B, T) right-padded with 0, lengths (B,))."""
+def pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens (B, T) right-padded with `pad_id`, lengths (B,))."""
     lengths = torch.tensor([len(s) for s in sequences])
-    tokens = torch.zeros(len(sequences), int(lengths.max()), dtype=torch.long)
+    tokens = torch.full((len(sequences), max(1, int(lengths.max()))), pad_id, dtype=torch.long)
     for row, seq in enumerate(sequences):
-        tokens[row, : len(seq)] = torch.tensor(seq)
+        tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
     return tokens, lengths
 
 

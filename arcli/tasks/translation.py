@@ -27,6 +27,7 @@ from arcli.models.transformer import Source, Transformer, TransformerConfig
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
 from arcli.tasks import Loaded, ScoreRequest, Task, TrainingSetup, TrainRequest, TranslateRequest
+from arcli.tasks.text import pad
 from arcli.text.files import read_lines
 from arcli.text.tokenizers import SubwordTokenizer, tokenizer_from_json
 from arcli.training import LossOutput
@@ -35,15 +36,6 @@ MAX_TRAIN_TOKENS = 256  # longer training sentences are cut
 MAX_PIECE_TOKENS = 200  # longer input lines are translated in pieces of at most this many tokens
 DEFAULT_MAX_LENGTH = 512  # target tokens, when neither --max-length nor a ratio is given
 BLEU_LINES = 500  # held-out lines decoded for the BLEU reported during training
-
-
-def pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens (B, T) right-padded with `pad_id`, lengths (B,))."""
-    lengths = torch.tensor([len(s) for s in sequences])
-    tokens = torch.full((len(sequences), max(1, int(lengths.max()))), pad_id, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return tokens, lengths
 
 
 def source_batch(pieces: list[list[int]], eos_id: int) -> Source:

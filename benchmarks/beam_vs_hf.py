@@ -29,22 +29,15 @@ transformers is a benchmark-only extra that the arcli package never imports.
        (final_logits_bias = -inf) rather than by a processor: HF's processors act after log_softmax
        (no renormalisation) while arcli normalises the logits it is given, so masking it on one
        side only would change the other tokens' log-probabilities.
-   One difference remains, in arcli's engine, and no argument of HF's generate reproduces it: an
-   EOS candidate ranked below the best `beam` candidates is rightly not finalised, but it is then
-   kept as a live hypothesis when it is among the best `beam` candidates that did not end, and
-   decoding goes on after its EOS. HF, like fairseq, drops every EOS candidate from the live beams.
-   The beams then differ, and sometimes the best hypothesis too (4 of the 200 rows with the
-   defaults). The script prints how many differing rows are rows where this happened (the adapter
-   was fed an EOS); with that one rule changed to fairseq's in a copy of the engine, all 200 rows
-   came out identical.
-   With --no-forced-eos (nothing forced on either side) a second engine difference shows: at a
-   row's max length arcli finalises the step's EOS candidates before the hypotheses cut there, and
-   keeps only `beam` finished hypotheses per row, so a cut hypothesis with a better score than
-   every kept one can be dropped; HF ranks them together (with the first rule changed as above,
-   2 of the 200 rows still differed this way).
+   This comparison found two differences in arcli's engine, both fixed since (tests in
+   tests/test_decoding.py): an EOS candidate ranked below the best `beam` candidates stayed alive
+   and decoding went on after its EOS (4 of 200 rows differed), and at a row's length limit the
+   step's EOS hypotheses were finalised before the better hypotheses cut there (2 of 200 with
+   --no-forced-eos). Now all 200 rows are identical. Should a row differ again, the script says
+   whether an EOS candidate was fed back to the model in that row.
 2. KV cache. arcli's Transformer -- the shipped checkpoints/transformer-en-es.safetensors when it
    exists, else TransformerConfig() with random weights (the speed-up hardly depends on the
-   weights' values) -- translates --cache-sentences lines of /work/data/bible/test.en (synthetic
+   weights' values) -- translates --cache-sentences lines of --text (default data/bible/test.en, from examples/translation/make_corpus.py; synthetic
    token ids without a checkpoint's tokenizer) with beam 5 through `generate`, with (a) the model
    itself, whose `step` keeps per-layer keys and values, and (b) `Recompute`, whose state is the
    token prefix and whose step runs `forward` over the whole prefix (and the source) again. A
@@ -77,7 +70,6 @@ from arcli.registry import get_family
 from arcli.tasks.translation import source_batch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # read when transformers is imported: nothing may be downloaded
-BIBLE_TEST = Path("/work/data/bible/test.en")
 
 
 def best_time(repeats: int, run):
@@ -288,10 +280,10 @@ def load_transformer(seed: int):
     return model, None, f"TransformerConfig() with RANDOM weights, since {family.default_checkpoint} is not there yet"
 
 
-def cache_sources(tokenizer, count: int, vocab_size: int, seed: int) -> tuple[list[list[int]], str]:
-    if tokenizer is not None and BIBLE_TEST.exists():
-        lines = [line for line in BIBLE_TEST.read_text(encoding="utf-8").splitlines() if line.strip()][:count]
-        return [tokenizer.encode(line) for line in lines], f"the first {len(lines)} lines of {BIBLE_TEST}"
+def cache_sources(tokenizer, text: Path, count: int, vocab_size: int, seed: int) -> tuple[list[list[int]], str]:
+    if tokenizer is not None and text.exists():
+        lines = [line for line in text.read_text(encoding="utf-8").splitlines() if line.strip()][:count]
+        return [tokenizer.encode(line) for line in lines], f"the first {len(lines)} lines of {text}"
     rng = random.Random(seed)
     return [[rng.randrange(2, vocab_size) for _ in range(rng.randint(5, 40))] for _ in range(count)], f"{count} synthetic sources of 5..40 token ids"
 
@@ -309,7 +301,7 @@ def decode_translation(model, batches, beam_size: int, min_length: int) -> list[
 
 def compare_cache(args) -> None:
     model, tokenizer, description = load_transformer(args.seed)
-    sources, where = cache_sources(tokenizer, args.cache_sentences, model.vocab_size, args.seed)
+    sources, where = cache_sources(tokenizer, args.text, args.cache_sentences, model.vocab_size, args.seed)
     sources.sort(key=len, reverse=True)
     fixed = None if tokenizer is not None else args.random_length  # a random model would stop at once
     batches = []
@@ -341,6 +333,7 @@ def main() -> None:
     parser.add_argument("--eos-bias", type=float, default=8.0, help="added to EOS's logit so that hypotheses end")
     parser.add_argument("--no-forced-eos", action="store_true", help="force no EOS at max length, in HF (Marian's default) nor in the adapter")
     parser.add_argument("--cache-sentences", type=int, default=50, help="sentences translated with and without the KV cache")
+    parser.add_argument("--text", type=Path, default=Path("data/bible/test.en"), help="English sentences for the KV-cache part")
     parser.add_argument("--random-length", type=int, default=40, help="tokens per hypothesis when the Transformer has random weights")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

@@ -46,7 +46,7 @@ def beam_translate(
         raise OptionError(f"--max-length-ratio must be > 0, got {max_length_ratio}")
     decoding = opt.decoding(strategy, temperature, top_k, top_p, beam_size, nbest, length_penalty, max_length, min_length, seed)
     decoding.make_strategy("beam")
-    loaded = load(model, checkpoint, device.value, threads)
+    loaded = load(model, checkpoint, device.value, threads, stepwise=True)
     update, close = progress_bar("sent", quiet)
     request = TranslateRequest(
         input=input, output=output, decoding=decoding, max_length_ratio=max_length_ratio,

@@ -34,7 +34,11 @@ def main() -> int:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--ship", type=Path, help="write a float16 copy with the test scores in its metrics")
     parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --ship file")
     args = parser.parse_args()
+    if args.ship is not None and args.ship.exists() and not args.force:
+        print(f"error: '{args.ship}' exists; pass --force to overwrite it", file=sys.stderr)
+        return 1
     torch.set_num_threads(1)
     stored = read_checkpoint(args.checkpoint)
     family = get_family(stored.model_name)

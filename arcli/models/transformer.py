@@ -130,12 +130,18 @@ class DecoderLayer(nn.Module):
         self.norm2, self.ff = nn.LayerNorm(c.d_model), FeedForward(c.d_model, c.ff_dim, c.dropout)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x, self_kv, memory_kv=None, memory_mask=None, causal=False, self_mask=None):
+    def forward(self, x, memory_kv=None, memory_mask=None, past=None):
+        """x (B, T, D) -> (x, (keys, values) of every position so far). Without `past` the layer sees
+        all of x under a causal mask (training, scoring); with `past` (the cached keys/values of the
+        earlier positions) x is the next position alone (incremental decoding)."""
         h = self.norm1(x)
-        x = x + self.drop(self.attn.attend(h, *self_kv(h), mask=self_mask, causal=causal))
+        k, v = self.attn.keys_values(h)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        x = x + self.drop(self.attn.attend(h, k, v, causal=past is None))
         if self.cross is not None:
             x = x + self.drop(self.cross.attend(self.norm_cross(x), *memory_kv, mask=memory_mask))
-        return x + self.drop(self.ff(self.norm2(x)))
+        return x + self.drop(self.ff(self.norm2(x))), (k, v)
 
 
 class Transformer(nn.Module):
@@ -188,18 +194,19 @@ class Transformer(nn.Module):
         x = self._embed(inputs)
         for layer in self.decoder:
             memory_kv = layer.cross.keys_values(memory) if layer.cross is not None else None
-            x = layer(x, layer.attn.keys_values, memory_kv, memory_mask, causal=True)
+            x, _ = layer(x, memory_kv, memory_mask)
         return self._logits(x)
 
     # --- incremental decoding ---------------------------------------------------------------
 
     def start(self, batch_size: int, condition: Source | None = None) -> dict:
         source = self._check_condition(condition)
-        state: dict = {"t": 0, "self": [None] * len(self.decoder), "batch": batch_size}
+        c, device = self.config, self.embed.weight.device
+        empty = torch.zeros(batch_size, c.heads, 0, c.d_model // c.heads, device=device, dtype=self.embed.weight.dtype)
+        state: dict = {"t": 0, "self": [(empty, empty)] * len(self.decoder), "batch": batch_size}
         if source is not None:
             if source.tokens.shape[0] != batch_size:
                 raise ValueError(f"the source has {source.tokens.shape[0]} rows, not batch_size {batch_size}")
-            device = self.embed.weight.device
             memory, mask = self.encode(Source(source.tokens.to(device), source.lengths.to(device)))
             state["cross"] = [layer.cross.keys_values(memory) for layer in self.decoder]
             state["mask"] = mask
@@ -214,21 +221,15 @@ class Transformer(nn.Module):
         x = self._embed(tokens.view(-1, 1).to(self.embed.weight.device), offset=t)
         caches = []
         for i, layer in enumerate(self.decoder):
-            def cached_kv(h, i=i, layer=layer):
-                k, v = layer.attn.keys_values(h)
-                if state["self"][i] is not None:
-                    k, v = torch.cat([state["self"][i][0], k], dim=2), torch.cat([state["self"][i][1], v], dim=2)
-                caches.append((k, v))
-                return k, v
-
             memory_kv = state["cross"][i] if layer.cross is not None else None
-            x = layer(x, cached_kv, memory_kv, state.get("mask"))
+            x, kv = layer(x, memory_kv, state.get("mask"), past=state["self"][i])
+            caches.append(kv)
         new = {**state, "t": t + 1, "self": caches, "batch": x.shape[0]}
         return self._logits(x[:, 0]), new
 
     def reorder(self, state: dict, index: torch.Tensor) -> dict:
         index = index.to(self.embed.weight.device)
-        pick = lambda pair: None if pair is None else (pair[0].index_select(0, index), pair[1].index_select(0, index))  # noqa: E731
+        pick = lambda pair: (pair[0].index_select(0, index), pair[1].index_select(0, index))  # noqa: E731
         new = {**state, "self": [pick(p) for p in state["self"]], "batch": index.numel()}
         if "cross" in state:
             new["cross"] = [pick(p) for p in state["cross"]]

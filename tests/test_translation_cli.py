@@ -183,3 +183,23 @@ def test_bad_input(transformer, data, tmp_path):
     one_line_error(run("score-likelihood", "transformer", "--checkpoint", transformer, data / "valid.en"), "--src")
     one_line_error(run("beam-translate", "wavenet", input="hello\n"), "translate")
     one_line_error(run("beam-translate", "pixelcnn", "--checkpoint", transformer, input="hello\n"), "transformer")
+
+
+def test_label_smoothed_objective_is_pytorchs():
+    from arcli.models.transformer import Transformer, TransformerConfig
+    from arcli.tasks.translation import TRANSLATION
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=30, d_model=16, heads=2, encoder_layers=1, decoder_layers=1, ff_dim=32, dropout=0.0, label_smoothing=0.2))
+    src, src_lengths = pad([[3, 4, 1], [5, 1]])
+    tgt, tgt_lengths = pad([[6, 7, 8, 1], [9, 1]])
+    logits = model(tgt, Source(src, src_lengths))
+    targets = tgt.masked_fill(torch.arange(4) >= tgt_lengths.unsqueeze(1), -100).view(-1)
+    model.train()
+    out = TRANSLATION.loss(model, (src, src_lengths, tgt, tgt_lengths))
+    expected = torch.nn.functional.cross_entropy(logits.view(-1, 30), targets, ignore_index=-100, label_smoothing=0.2)
+    assert out.objective.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out.nll.item() == pytest.approx(torch.nn.functional.cross_entropy(logits.view(-1, 30), targets, ignore_index=-100, reduction="sum").item(), rel=1e-5)
+    assert out.count == 6
+    model.eval()
+    assert TRANSLATION.loss(model, (src, src_lengths, tgt, tgt_lengths)).objective.item() == pytest.approx(out.nll.item() / 6, rel=1e-5)

@@ -120,8 +120,8 @@ def translate_lines(model, tokenizer, lines: list[str], *, strategy, beam_size: 
                     length_penalty: float = 1.0, temperature=None, top_k=None, top_p=None, seed=None,
                     max_length: int | None = None, max_length_ratio: float | None = 2.0, min_length: int = 0,
                     progress=None, on_long=None) -> list[list[tuple[str, float, int]]]:
-    """Per line, its `nbest` translations as (text, score, tokens) best first; an empty line gives
-    [("", 0.0, 0)] * nbest. Long lines are split into pieces; the k-th translations of the pieces
+    """Per line, its `nbest` translations as (text, score, tokens) best first (`model` in eval mode);
+    an empty line gives [("", 0.0, 0)] * nbest. Long lines are split into pieces; the k-th translations of the pieces
     are joined with spaces and their scores averaged (weighted by length)."""
     pieces: list[tuple[int, list[int]]] = []  # (line index, source tokens)
     for index, line in enumerate(lines):
@@ -133,27 +133,22 @@ def translate_lines(model, tokenizer, lines: list[str], *, strategy, beam_size: 
         pieces += [(index, tokenizer.encode(part)) for part in parts]
     order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))  # similar lengths batch together
     results: list[list[tuple[list[int], float]]] = [[] for _ in pieces]
-    was_training = model.training
-    model.eval()
     done = 0
-    try:
-        for start in range(0, len(order), batch_size):
-            chosen = order[start : start + batch_size]
-            sources = [pieces[i][1] for i in chosen]
-            limits = [_max_target(len(s) + 1, max_length, max_length_ratio) for s in sources]
-            rows = generate(
-                model, strategy, max_length=max(limits), row_max_lengths=limits, min_length=min(min_length, min(limits)),
-                batch_size=len(chosen), condition=source_batch(sources, tokenizer.eos_id), beam_size=beam_size,
-                nbest=nbest, length_penalty=length_penalty, temperature=temperature, top_k=top_k, top_p=top_p,
-                seed=seed, row_offset=start,
-            )
-            for i, hyps in zip(chosen, rows, strict=True):
-                results[i] = [(h.tokens, h.score) for h in hyps]
-            done += len(chosen)
-            if progress is not None:
-                progress(done, len(order))
-    finally:
-        model.train(was_training)
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        sources = [pieces[i][1] for i in chosen]
+        limits = [_max_target(len(s) + 1, max_length, max_length_ratio) for s in sources]
+        rows = generate(
+            model, strategy, max_length=max(limits), row_max_lengths=limits, min_length=min(min_length, min(limits)),
+            batch_size=len(chosen), condition=source_batch(sources, tokenizer.eos_id), beam_size=beam_size,
+            nbest=nbest, length_penalty=length_penalty, temperature=temperature, top_k=top_k, top_p=top_p,
+            seed=seed, row_offset=start,
+        )
+        for i, hyps in zip(chosen, rows, strict=True):
+            results[i] = [(h.tokens, h.score) for h in hyps]
+        done += len(chosen)
+        if progress is not None:
+            progress(done, len(order))
     out: list[list[tuple[str, float, int]]] = [[("", 0.0, 0)] * nbest for _ in lines]
     by_line: dict[int, list[int]] = {}
     for i, (index, _) in enumerate(pieces):
@@ -229,17 +224,15 @@ class TranslationTask(Task):
 
     def loss(self, model, batch) -> LossOutput:
         src_tokens, src_lengths, tgt, tgt_lengths = batch
-        logits = model(tgt, Source(src_tokens, src_lengths)).float()
+        logprobs = torch.log_softmax(model(tgt, Source(src_tokens, src_lengths)).float(), dim=-1)  # (B, T, V)
         inside = torch.arange(tgt.shape[1], device=tgt.device) < tgt_lengths.unsqueeze(1)
-        targets = tgt.masked_fill(~inside, -100)
-        flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
         count = int(inside.sum())
-        nll = F.cross_entropy(flat_logits, flat_targets, ignore_index=-100, reduction="sum")
+        nll = -(logprobs.gather(2, tgt.unsqueeze(-1)).squeeze(-1) * inside).sum()
+        objective = nll
         smoothing = model.config.label_smoothing if model.training else 0.0
-        if smoothing:
-            objective = F.cross_entropy(flat_logits, flat_targets, ignore_index=-100, reduction="sum", label_smoothing=smoothing) / count
-        else:
-            objective = nll / count
+        if smoothing:  # as F.cross_entropy(label_smoothing=e): (1 - e) * nll + e * mean over the vocabulary of -log p
+            objective = (1 - smoothing) * nll - smoothing * (logprobs.mean(dim=-1) * inside).sum()
+        objective = objective / count
         return LossOutput(objective=objective, nll=nll.detach(), count=count)
 
     def translate(self, loaded: Loaded, request: TranslateRequest) -> None:

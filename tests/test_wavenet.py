@@ -3,7 +3,9 @@ import torch
 from contract import assert_reorder_continues, run_steps
 from torch.utils.flop_counter import FlopCounterMode
 
-from arcli.models.wavenet import WaveNet, WaveNetConfig
+import math
+
+from arcli.models.wavenet import WaveNet, WaveNetConfig, smooth_code_embedding
 
 V = 16  # tiny vocabulary
 
@@ -96,6 +98,30 @@ def test_default_config():
     assert model.vocab_size == 256 and model.eos_id is None
     tokens = torch.randint(0, 256, (2, model.receptive_field + 100))  # past every ring's wrap-around
     torch.testing.assert_close(run_steps(model, model.start(2), tokens)[0], model(tokens), rtol=0, atol=1e-4)
+
+
+def test_the_code_embedding_starts_smooth_in_the_code():
+    torch.manual_seed(0)
+    model = WaveNet(WaveNetConfig())
+    for e in (model.embed.weight.detach(), smooth_code_embedding(256, 32)):  # (256, 32)
+        assert_smooth(e)
+
+
+def assert_smooth(e: torch.Tensor) -> None:
+    assert e.abs().max() <= math.sqrt(2) + 1e-6
+    # |d/du sqrt(2) cos(f u + phi)| <= sqrt(2) * 32 pi, and neighbouring codes are 2/255 apart in u.
+    assert (e[1:] - e[:-1]).abs().max() <= math.sqrt(2) * 32 * math.pi * 2 / 255
+    cosine = torch.nn.functional.cosine_similarity
+    neighbours = cosine(e[1:], e[:-1]).mean()
+    assert neighbours > 0.8  # a N(0, 1) init gives about 0 here
+    assert neighbours > cosine(e[128:], e[:128]).mean() + 0.5  # codes half the range apart
+    assert 0.7 < e.pow(2).mean().sqrt() < 1.3  # about nn.Embedding's scale
+
+
+def test_a_default_embedding_init_is_not_smooth():  # the test above can fail
+    torch.manual_seed(0)
+    with pytest.raises(AssertionError):
+        assert_smooth(torch.nn.Embedding(256, 32).weight.detach())
 
 
 def test_reorder_selects_permutes_and_duplicates_rows():

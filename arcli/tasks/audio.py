@@ -9,8 +9,10 @@ only positions t >= receptive_field. Training, held-out evaluation and scoring a
 one rule; held-out evaluation and scoring cover each sample exactly once with overlapping crops, so
 they equal a forward pass over the whole file.
 
-Training crops are `max(2 * receptive_field, 4000)` samples long, so at most half of a crop is
-context (4094 samples, 256 ms at 16 kHz, for the default receptive field of 2047). Clips are drawn
+Training crops are `max(4 * receptive_field, 4000)` samples long, so at most a quarter of a crop
+is context that the loss does not count (8188 samples, 512 ms at 16 kHz, for the default
+receptive field of 2047: three quarters of the compute trains on counted positions, where crops of
+twice the receptive field would spend half of it on context). Clips are drawn
 in proportion to their length; clips shorter than a crop are used whole and padded, the padding
 masked out of the loss. Clips shorter than the receptive field are refused.
 """
@@ -41,7 +43,7 @@ from arcli.training import LossOutput
 
 DEFAULT_SECONDS = 2.0  # `arcli sample wavenet` without --seconds
 MAX_SECONDS = 600.0  # more is almost surely a typo (ms for s): hours of compute on a CPU
-MIN_CROP = 4000  # training crop floor in samples; the crop is max(2 * receptive_field, MIN_CROP)
+MIN_CROP = 4000  # training crop floor in samples; the crop is max(4 * receptive_field, MIN_CROP)
 SCORE_CHUNK = 1 << 16  # new samples scored per forward pass (plus receptive_field of context)
 LISTED = 5  # offending files named in an error line
 
@@ -60,8 +62,8 @@ class AudioBatch(NamedTuple):
 
 
 def crop_length(receptive_field: int) -> int:
-    """Training crop in samples: at most half of it is context that the loss does not count."""
-    return max(2 * receptive_field, MIN_CROP)
+    """Training crop in samples: at most a quarter of it is context that the loss does not count."""
+    return max(4 * receptive_field, MIN_CROP)
 
 
 def windows(length: int, crop: int, receptive_field: int) -> list[tuple[int, int]]:

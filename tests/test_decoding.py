@@ -279,3 +279,25 @@ def test_beam_at_the_length_limit_keeps_the_best_of_what_ends_there():
     (hyps,) = generate(model, "beam", beam_size=2, nbest=2, length_penalty=0.0, max_length=2)
     assert [h.tokens for h in hyps] == [[0], [1, 1]]
     assert hyps[1].logprob == pytest.approx(math.log(0.35 * 0.6))
+
+
+@pytest.mark.parametrize("strategy,nbest", [("greedy", 1), ("sample", 1), ("sample", 3)])
+def test_the_fixed_length_fast_path_gives_what_the_general_loop_gives(strategy, nbest):
+    # No EOS, nothing known, one length: generate takes its fast path. An all-False known mask
+    # changes nothing but sends the same request through the general loop.
+    model = TableModel(random_table(5), vocab_size=5, eos_id=None)
+    conditions = [0, 1, 2, 3]
+    nothing_known = (torch.zeros(4, 6, dtype=torch.long), torch.zeros(4, 6, dtype=torch.bool))
+    fast = generate(model, strategy, max_length=6, batch_size=4, condition=conditions, seed=3, nbest=nbest)
+    general = generate(model, strategy, max_length=6, batch_size=4, condition=conditions, seed=3, nbest=nbest, known=nothing_known)
+    assert [[h.tokens for h in row] for row in fast] == [[h.tokens for h in row] for row in general]
+    assert [h.logprob for row in fast for h in row] == pytest.approx([h.logprob for row in general for h in row])
+    assert all(len(row) == nbest and len(h.tokens) == 6 for row in fast for h in row)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample"])
+def test_nan_logits_are_an_error_on_the_fixed_length_path(strategy):
+    probs = lambda condition, prefix: [0.5, 0.5, 0.0] if len(prefix) < 3 else [float("nan")] * 3  # noqa: E731
+    model = TableModel(probs, vocab_size=3, eos_id=None)
+    with pytest.raises(ArcliError, match="NaN"):
+        generate(model, strategy, max_length=6, seed=0)

@@ -119,6 +119,8 @@ def _check_known(known: Known, batch_size: int, max_length: int, vocab_size: int
 
 def _decode(model, strategy: Strategy, max_length, limits, min_length, batch_size, condition, known, row_offset, progress):
     width, eos = strategy.width, model.eos_id
+    if eos is None and known is None and not strategy.replaces_finished and bool((limits == max_length).all()):
+        return _decode_fixed_length(model, strategy, max_length, batch_size, condition, row_offset, progress)
     strategy.begin(batch_size, row_offset)
     state = model.start(batch_size, condition)
     if width > 1:
@@ -213,6 +215,42 @@ def _decode(model, strategy: Strategy, max_length, limits, min_length, batch_siz
         hyps.sort(key=lambda h: h.score, reverse=True)
         results.append(hyps[: strategy.nbest])
     return results
+
+
+def _decode_fixed_length(model, strategy: Strategy, max_length, batch_size, condition, row_offset, progress):
+    """`_decode` for the common case of audio and unconditional images: no EOS, no known values,
+    independent hypotheses (greedy or sampling) and one length for all rows. No row can end early,
+    so the per-step bookkeeping of `_decode` (ends, limits, dropping rows) has nothing to do; at
+    batch 1 it cost as much as a WaveNet step. The result is the same as `_decode`'s.
+
+    A NaN in the logits makes the chosen token's log-probability NaN, and a NaN score stays NaN,
+    so one check at the end finds what a check at every step would have found."""
+    width = strategy.width
+    strategy.begin(batch_size, row_offset)
+    state = model.start(batch_size, condition)
+    if width > 1:
+        state = model.reorder(state, torch.arange(batch_size).repeat_interleave(width))
+    tokens, rows, scores, history = None, None, None, None
+    for t in range(max_length):
+        logits, state = model.step(state, tokens)  # (B*W, V)
+        if rows is None:  # first step: now we know the device
+            rows = torch.arange(batch_size, device=logits.device)
+            scores = torch.zeros(batch_size, width, device=logits.device)
+            history = torch.zeros(max_length, batch_size, width, dtype=torch.long, device=logits.device)
+        lprobs = torch.log_softmax(logits.float(), dim=-1).view(batch_size, width, -1)  # (B, W, V)
+        scores, tokens_t, _ = strategy.step(t, lprobs, scores, rows)
+        history[t] = tokens_t
+        tokens = tokens_t.view(-1)
+        if progress is not None:
+            progress(t + 1, max_length)
+    if bool(torch.isnan(scores).any()):
+        raise ArcliError("the model produced invalid (NaN) probabilities")
+    sequences, logprobs = history.permute(1, 2, 0).tolist(), scores.tolist()
+    return [
+        sorted((Hypothesis(seq, lp, strategy.final_score(lp, max_length)) for seq, lp in zip(sequences[row], logprobs[row])),
+               key=lambda h: h.score, reverse=True)[: strategy.nbest]
+        for row in range(batch_size)
+    ]
 
 
 def _force_known(strategy, known: Known, t, rows, lprobs, scores, alive, cand_scores, cand_tokens, cand_beams, cand_alive):

@@ -52,8 +52,7 @@ class Greedy(Strategy):
 
     def step(self, t, lprobs, scores, rows):
         best_lprob, tokens = lprobs.max(dim=-1)  # (b, W)
-        beams = torch.arange(self.width, device=lprobs.device).expand_as(tokens)
-        return scores + best_lprob, tokens, beams
+        return scores + best_lprob, tokens, _arange(self.width, lprobs.device).expand_as(tokens)
 
 
 class Sample(Strategy):
@@ -88,8 +87,11 @@ class Sample(Strategy):
         if t % self._chunk == 0 or self._uniforms is None:
             draws = [torch.rand(self._chunk, generator=g) for g in self._generators]
             num_rows = len(self._generators) // self.width
-            self._uniforms = torch.stack(draws).view(num_rows, self.width, self._chunk).to(device)
-        return self._uniforms[rows, :, t % self._chunk]  # (b, W)
+            # (chunk, rows, W): step t's draws are one contiguous slice
+            self._uniforms = torch.stack(draws).view(num_rows, self.width, self._chunk).permute(2, 0, 1).contiguous().to(device)
+        now = self._uniforms[t % self._chunk]  # (rows, W)
+        # rows is an increasing subset of all rows: as many as all rows means all of them
+        return now if rows.numel() == now.shape[0] else now.index_select(0, rows)  # (b, W)
 
     def step(self, t, lprobs, scores, rows):
         b, width, vocab = lprobs.shape
@@ -99,8 +101,7 @@ class Sample(Strategy):
         # chosen token's cdf step is never empty (probability > 0).
         target = self._uniform(t, rows, lprobs.device).reshape(-1, 1) * (cdf[:, -1:] * (1 - 2**-20))
         tokens = torch.searchsorted(cdf, target, right=True).clamp_(max=vocab - 1).view(b, width)
-        beams = torch.arange(width, device=lprobs.device).expand_as(tokens)
-        return scores + lprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), tokens, beams
+        return scores + lprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), tokens, _arange(width, lprobs.device).expand_as(tokens)
 
 
 class BeamSearch(Strategy):
@@ -160,6 +161,17 @@ def make_strategy(
     if strategy == "beam":
         return BeamSearch(beam_size, length_penalty, nbest)
     raise OptionError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+
+
+_aranges: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _arange(n: int, device: torch.device) -> torch.Tensor:
+    """torch.arange(n) on `device`, made once (read-only: callers expand it, never write to it)."""
+    key = (n, device)
+    if key not in _aranges:
+        _aranges[key] = torch.arange(n, device=device)
+    return _aranges[key]
 
 
 def _check_count(name: str, value: int) -> None:

@@ -185,9 +185,9 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no scaling
     generator = torch.Generator().manual_seed(options.seed)
 
-    step, history, earlier_seconds = 0, [], 0.0
+    step, history, earlier_seconds, step_seconds = 0, [], 0.0, 0.0
     if resume_path is not None:
-        step, history, earlier_seconds = _resume(Path(resume_path), model, optimizer, scaler, generator, options, log)
+        step, history, earlier_seconds, step_seconds = _resume(Path(resume_path), model, optimizer, scaler, generator, options, log)
     start_step = step
     valid_nll = history[-1]["valid_nll"] if history else None
     losses: list[float] = []
@@ -202,10 +202,12 @@ def train(
             while step < options.steps:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate_at(step, options)
+                step_started = time.perf_counter()
                 batch = _to_device(data.sample_batch(options.batch_size, generator), device)
                 out = _train_step(model, loss_fn, batch, optimizer, scaler, options.clip_norm, device, amp_dtype, step)
                 step += 1
-                nll, count = float(out.nll), int(out.count)
+                nll, count = float(out.nll), int(out.count)  # waits for the device: the step is done
+                step_seconds += time.perf_counter() - step_started
                 losses.append(float(out.objective.detach()))
                 recent.append((nll, count))
                 since_eval[0] += nll
@@ -229,7 +231,9 @@ def train(
                     log(_eval_line(step, options.steps, train_nll, valid_nll, unit) + "".join(f", valid {k} {v}" for k, v in scores.items()))
                 if saving:
                     seconds = earlier_seconds + time.perf_counter() - started
-                    metrics: dict[str, Any] = {"step": step, "wall_seconds": round(seconds, 1)}
+                    # step_seconds: the optimisation steps alone (batches, forward, backward, update), without
+                    # held-out evaluation and saving; steps / step_seconds is the training throughput.
+                    metrics: dict[str, Any] = {"step": step, "wall_seconds": round(seconds, 1), "step_seconds": round(step_seconds, 2)}
                     if valid_nll is not None:
                         metrics["valid_step"] = history[-1]["step"]  # when valid_nll was measured
                         metrics["valid_nll"] = valid_nll
@@ -238,7 +242,7 @@ def train(
                     with _rng_unchanged(device):
                         save(metrics)
                     extra = {
-                        "history": history, "wall_seconds": seconds, "unit": unit,
+                        "history": history, "wall_seconds": seconds, "step_seconds": step_seconds, "unit": unit,
                         "options": dataclasses.asdict(options),
                         "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
                     }
@@ -340,7 +344,8 @@ def _resume(path: Path, model, optimizer, scaler, generator, options: TrainOptio
     if changed:
         log(f"note: resuming with other options ({', '.join(changed)}); the run will differ from an uninterrupted one")
     log(f"resuming from '{path}' at step {state.step}")
-    return state.step, list(state.extra.get("history", [])), float(state.extra.get("wall_seconds", 0.0))
+    extra = state.extra
+    return state.step, list(extra.get("history", [])), float(extra.get("wall_seconds", 0.0)), float(extra.get("step_seconds", 0.0))
 
 
 def _make_optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.AdamW:

@@ -1,9 +1,9 @@
+import math
+
 import pytest
 import torch
 from contract import assert_reorder_continues, run_steps
 from torch.utils.flop_counter import FlopCounterMode
-
-import math
 
 from arcli.models.wavenet import WaveNet, WaveNetConfig, smooth_code_embedding
 

@@ -105,7 +105,8 @@ def train(
     def save(metrics: dict) -> None:
         save_checkpoint(
             output, family.name, setup.config, net.state_dict(), data=setup.data_meta, tokenizer=setup.tokenizer,
-            training={**provenance, "steps": metrics.get("step"), "wall_seconds": metrics.get("wall_seconds")},
+            training={**provenance, "steps": metrics.get("step"), "wall_seconds": metrics.get("wall_seconds"),
+                      "step_seconds": metrics.get("step_seconds")},
             metrics=metrics, dtype=torch.float16 if half else None,
         )
 

@@ -247,7 +247,7 @@ def _decode_fixed_length(model, strategy: Strategy, max_length, batch_size, cond
         raise ArcliError("the model produced invalid (NaN) probabilities")
     sequences, logprobs = history.permute(1, 2, 0).tolist(), scores.tolist()
     return [
-        sorted((Hypothesis(seq, lp, strategy.final_score(lp, max_length)) for seq, lp in zip(sequences[row], logprobs[row])),
+        sorted((Hypothesis(seq, lp, strategy.final_score(lp, max_length)) for seq, lp in zip(sequences[row], logprobs[row], strict=True)),
                key=lambda h: h.score, reverse=True)[: strategy.nbest]
         for row in range(batch_size)
     ]

@@ -24,7 +24,7 @@ from arcli.models.pixelcnn import PixelCNN, PixelCNNConfig
 from arcli.models.wavenet import WaveNet, WaveNetConfig
 from arcli.registry import get_family
 from arcli.tasks import TrainRequest
-from arcli.tasks.image import context, proposal_log_weights, resample
+from arcli.tasks.image import MASKS, MAX_PROPOSALS, context, proposal_log_weights, resample, systematic_resample
 
 SIZE = 6  # 6x6 grey images
 TINY = {"hidden": 12, "layers": 2, "kernel": 3, "first_kernel": 3}
@@ -91,6 +91,26 @@ def unconditional(corpus) -> Path:
     return checkpoint
 
 
+def test_class_names_are_stored_and_shown(corpus, tmp_path):
+    named = tmp_path / "named.safetensors"
+    data = ("--data", corpus / "train-images-idx3-ubyte.gz")
+    ok(train(*data, "-o", named, "--steps", 2, "--class-names", "left stripe, top stripe"))
+    stored = read_checkpoint(named)
+    assert stored.data["classes"] == ["0", "1"] and stored.data["class_names"] == ["left stripe", "top stripe"]
+    result = ok(sample(named, "-n", 3, "--seed", 1, "-o", tmp_path / "g.png"))
+    drawn = torch.randint(2, (3,), generator=torch.Generator().manual_seed(1)).tolist()
+    assert "in grid order: " + ", ".join(["left stripe", "top stripe"][c] for c in drawn) in result.stderr
+    image = make_images(1, seed=2)[0][0]
+    Image.fromarray(image).save(tmp_path / "a.png")
+    result = ok(complete(named, tmp_path / "a.png", "-n", 1, "--seed", 0, "-o", tmp_path / "c.png"))
+    assert any(name in result.stderr for name in ("a.png: class left stripe", "a.png: class top stripe"))
+    one_line_error(train(*data, "-o", tmp_path / "x.safetensors", "--steps", 1, "--class-names", "one"), "1 names", "2 classes")
+    one_line_error(train("--data", corpus / "unlabelled.npy", "-o", tmp_path / "x.safetensors", "--steps", 1, "--class-names", "a,b"),
+                   "no class labels")
+    one_line_error(train(*data, "-o", tmp_path / "x.safetensors", "--steps", 1, "--class-names", "a,,b"), "empty name")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def cell(grid_image: np.ndarray, row: int, column: int) -> np.ndarray:
     """Image (row, column) of a grid of 6x6 images, back at model resolution (H, W)."""
     top, left = row * (SIZE * SCALE + GUTTER), column * (SIZE * SCALE + GUTTER)
@@ -122,7 +142,9 @@ def test_training_takes_shape_and_classes_from_the_data(trained):
     assert {key: stored.config[key] for key in ("height", "width", "channels", "num_classes", "hidden")} == {
         "height": 6, "width": 6, "channels": 1, "num_classes": 2, "hidden": 12,
     }
-    assert stored.data == {"height": 6, "width": 6, "channels": 1, "levels": 256, "classes": ["0", "1"], "images": 40, "valid_images": 3}
+    assert stored.data == {
+        "height": 6, "width": 6, "channels": 1, "levels": 256, "classes": ["0", "1"], "class_names": [], "images": 40, "valid_images": 3,
+    }
     assert 1.0 < stored.metrics["valid_bits_per_dim"] < 8.5  # 8 is uniform over 256 levels
 
 
@@ -172,8 +194,9 @@ def sample(checkpoint, *args):
 
 def test_sample_writes_a_grid_of_n_images(trained, tmp_path):
     result = ok(sample(trained, "-n", 5, "--seed", 1, "-o", tmp_path / "grid.png"))
-    assert "no --label: image i is of class i mod 2, one class per column" in result.stderr
-    assert png_size(tmp_path / "grid.png") == grid_size(3, 2, SIZE, SIZE)  # 3 rows of 2 classes
+    drawn = torch.randint(2, (5,), generator=torch.Generator().manual_seed(1)).tolist()  # the classes --seed 1 draws
+    assert f"drawn from a uniform prior over the 2 classes; in grid order: {', '.join(map(str, drawn))}" in result.stderr
+    assert png_size(tmp_path / "grid.png") == grid_size(2, 3, SIZE, SIZE)  # about square: 2 rows of 3
     ok(sample(trained, "-n", 5, "--label", 1, "--seed", 1, "-o", tmp_path / "ones.png"))
     assert png_size(tmp_path / "ones.png") == grid_size(2, 3, SIZE, SIZE)  # about square: 2 rows of 3
     assert result.stdout == ""
@@ -212,8 +235,8 @@ def test_completions_keep_the_known_pixels_exactly(corpus, trained, tmp_path, ma
     result = ok(complete(trained, corpus / "test-images-idx3-ubyte.gz", "--mask", mask, "-n", 2, "--seed", 5,
                          "-o", tmp_path / "grid.png", "--output-dir", tmp_path / "each"))
     assert method in result.stderr
-    if mask == "top":  # K = max(4 N, 16) proposals, and how well they covered the posterior
-        assert "16 proposals" in result.stderr and "effective sample size" in result.stderr
+    if mask == "top":  # rounds of K = max(4 N, 16) proposals until the ESS reaches N, and how well they covered the posterior
+        assert "rounds of 16 proposals" in result.stderr and "effective sample size" in result.stderr
     grid_image = png(tmp_path / "grid.png")
     assert grid_image.shape == grid_size(3, 4, SIZE, SIZE)[::-1]  # a row per image: original, occluded, 2 completions
     for i, original in enumerate(originals):
@@ -260,14 +283,86 @@ def test_beam_and_greedy_completions(corpus, trained, tmp_path):
 def test_a_conditional_model_takes_the_label_of_a_png_from_its_folder_or_label(corpus, trained, tmp_path, unconditional):
     image = make_images(1, 0)[0][0]
     Image.fromarray(image).save(tmp_path / "stray.png")
-    one_line_error(complete(trained, tmp_path / "stray.png", "-o", tmp_path / "x.png"), "class-conditional", "--label K")
-    ok(complete(trained, tmp_path / "stray.png", "--label", 0, "-n", 1, "--mask", "random", "--seed", 2, "-o", tmp_path / "x.png"))
+    inferred = ok(complete(trained, tmp_path / "stray.png", "-n", 2, "--seed", 1, "-o", tmp_path / "x.png"))
+    assert "stray.png: class " in inferred.stderr  # no label: the class is inferred from the known pixels
+    ok(complete(trained, tmp_path / "stray.png", "--label", 0, "-n", 1, "--mask", "random", "--seed", 2, "-o", tmp_path / "x.png", "--force"))
     ok(complete(unconditional, tmp_path / "stray.png", "-n", 1, "--mask", "left", "-o", tmp_path / "y.png"))
     for label in ("0", "1"):  # class sub-folders named like the model's classes; two images named a.png
         (tmp_path / "classes" / label).mkdir(parents=True)
         Image.fromarray(image).save(tmp_path / "classes" / label / "a.png")
     ok(complete(trained, tmp_path / "classes", "-n", 1, "-o", tmp_path / "z.png", "--output-dir", tmp_path / "each"))
     assert sorted(p.name for p in (tmp_path / "each").iterdir()) == ["0-a-1.png", "1-a-1.png"]
+
+
+def class_line(stderr: str, name: str) -> dict[str, float]:
+    """The class posterior said for an image: 'NAME: class 1 0.54, 0 0.46; ...' -> {'1': 0.54, '0': 0.46}."""
+    line = next(line for line in stderr.splitlines() if line.startswith(f"{name}: class "))
+    shown = line.removeprefix(f"{name}: class ").split(";")[0]
+    return {item.rsplit(" ", 1)[0]: float(item.rsplit(" ", 1)[1]) for item in shown.split(", ")}
+
+
+def test_without_a_label_the_class_posterior_is_exact_for_the_bottom_mask(trained, tmp_path):
+    model, _ = get_family("pixelcnn").load(trained, torch.device("cpu"))
+    for index, image in enumerate(make_images(4, seed=3)[0]):
+        path = tmp_path / f"im{index}.png"
+        Image.fromarray(image).save(path)
+        result = ok(complete(trained, path, "--mask", "bottom", "-n", 1, "--seed", 0, "-o", tmp_path / f"g{index}.png"))
+        known = torch.zeros(SIZE * SIZE, dtype=torch.bool)
+        known[: SIZE * SIZE // 2] = True  # the top half: every known sub-pixel comes before the hole
+        tokens = torch.from_numpy(image.reshape(-1)).long()
+        with torch.no_grad():  # log p(known | c) by hand, then p(c | known) under a uniform prior
+            log_known = torch.stack([-image_nats(model, tokens, c)[known].sum() for c in (0, 1)])
+        expected = torch.softmax(log_known.double(), 0).tolist()
+        said = class_line(result.stderr, str(path))
+        for c in (0, 1):
+            if str(c) in said:
+                assert said[str(c)] == pytest.approx(expected[c], abs=0.006)
+            else:  # not shown: under half a percent
+                assert expected[c] < 0.006
+
+
+def test_an_unlabelled_png_completes_under_every_mask_repeatably(trained, tmp_path):
+    image = make_images(1, seed=4)[0][0]
+    Image.fromarray(image).save(tmp_path / "shirt.png")
+    drawn = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    drawn[1:3, 2:5] = 255  # a drawn mask: white = hidden
+    Image.fromarray(drawn).save(tmp_path / "mask.png")
+    for mask in (*MASKS, str(tmp_path / "mask.png")):
+        outputs = []
+        for attempt in (1, 2):
+            folder = tmp_path / f"{Path(mask).stem}-{attempt}"
+            result = ok(complete(trained, tmp_path / "shirt.png", "--mask", mask, "-n", 3, "--seed", 9,
+                                 "-o", tmp_path / f"{Path(mask).stem}-{attempt}.png", "--output-dir", folder))
+            assert "shirt.png: class " in result.stderr
+            outputs.append([png(folder / f"shirt-{k}.png") for k in (1, 2, 3)])
+        hidden = png(tmp_path / "mask.png") >= 128 if mask.endswith(".png") else None
+        for first, again in zip(*outputs, strict=True):
+            assert np.array_equal(first, again)  # --seed repeats the run
+            if hidden is not None:
+                assert np.array_equal(first[~hidden], image[~hidden])  # known pixels exactly kept
+
+
+def test_resampling_draws_rounds_until_the_effective_sample_size_is_reached(trained, tmp_path):
+    image = make_images(1, seed=5)[0][0]
+    Image.fromarray(image).save(tmp_path / "a.png")
+    result = ok(complete(trained, tmp_path / "a.png", "--mask", "top", "-n", 4, "--label", 1, "--seed", 2, "-o", tmp_path / "g.png"))
+    line = next(line for line in result.stderr.splitlines() if "a.png: effective sample size" in line)
+    ess, proposals = (float(x) for x in line.split("effective sample size ")[1].split(" proposals")[0].split(" of "))
+    assert proposals % 16 == 0  # whole rounds of K = max(4 N, 16): K, K, 2K, 4K ...
+    assert ess >= 4 or proposals >= MAX_PROPOSALS  # stopped at the target, or at the cap (and said so)
+    assert (ess < 4) == ("few proposals fit the known pixels" in line)
+
+
+def test_systematic_resampling_repeats_only_what_the_weights_demand():
+    weights = torch.tensor([0.6, 0.3, 0.1, 0.0], dtype=torch.float64)
+    for seed in range(20):  # each index floor(n w) or ceil(n w) times: here exactly 6, 3, 1, 0 of 10
+        picks = systematic_resample(weights, 10, torch.Generator().manual_seed(seed))
+        assert torch.bincount(picks, minlength=4).tolist() == [6, 3, 1, 0]
+    weights = torch.tensor([0.45, 0.35, 0.2], dtype=torch.float64)
+    counts = torch.zeros(3)
+    for seed in range(3000):  # unbiased: expected counts n w
+        counts += torch.bincount(systematic_resample(weights, 2, torch.Generator().manual_seed(seed)), minlength=3)
+    torch.testing.assert_close(counts / 3000, 2 * weights.float(), rtol=0, atol=0.03)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -73,6 +73,7 @@ def info(name: ModelName) -> None:
     if stored:
         typer.echo(f"checkpoint: {stored.path}")
         typer.echo(f"  metrics: {json.dumps(stored.metrics)}")
+        typer.echo(f"  data: {json.dumps(stored.data)}")  # what it was trained on: shape, classes and their names, speakers ...
         if stored.training:
             typer.echo(f"  training: {json.dumps(stored.training)}")
 

@@ -45,6 +45,7 @@ def train(
     tgt: Annotated[Path | None, typer.Option(help="Translation: target sentences, line by line with --src.", rich_help_panel=PARALLEL)] = None,
     valid_src: Annotated[Path | None, typer.Option(help="Translation: held-out sources; default: a slice of --src.", rich_help_panel=PARALLEL)] = None,
     valid_tgt: Annotated[Path | None, typer.Option(help="Translation: held-out targets.", rich_help_panel=PARALLEL)] = None,
+    class_names: Annotated[str | None, typer.Option(help="Image models: names of the classes in the order of their ids, comma-separated (e.g. 'T-shirt/top,Trouser,...'), shown by sample, complete-image and models info.")] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help="Model setting KEY=VALUE (see `arcli models info`).")] = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps.", rich_help_panel=TRAINING)] = TrainOptions.steps,
     batch_size: Annotated[int, typer.Option(help="Examples per step.", rich_help_panel=TRAINING)] = TrainOptions.batch_size,
@@ -81,9 +82,17 @@ def train(
     family = get_family(model)
     if family.modality != "translation" and (src or tgt or valid_src or valid_tgt):
         raise OptionError(f"--src/--tgt/--valid-src/--valid-tgt are for translation models; '{model}' trains on --data")
+    names = None
+    if class_names is not None:
+        if family.modality != "image":
+            raise OptionError(f"--class-names is for image models; '{model}' has no classes")
+        names = [name.strip() for name in class_names.split(",")]
+        if not all(names):
+            raise OptionError(f"--class-names: an empty name in {class_names!r}; give one name per class, comma-separated")
     where = resolve_device(device.value)
     config = family.config(overrides=_settings(settings or []))
-    request = TrainRequest(data=list(data or []), valid=list(valid or []), src=src, tgt=tgt, valid_src=valid_src, valid_tgt=valid_tgt)
+    request = TrainRequest(data=list(data or []), valid=list(valid or []), src=src, tgt=tgt, valid_src=valid_src, valid_tgt=valid_tgt,
+                           class_names=names)
     setup = family.task.prepare_training(family, config, request)
 
     torch.manual_seed(seed)

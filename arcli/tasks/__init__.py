@@ -69,6 +69,7 @@ class TrainRequest:
     tgt: Path | None = None
     valid_src: Path | None = None  # None: the task holds out part of src/tgt
     valid_tgt: Path | None = None
+    class_names: list[str] | None = None  # images: names for people of the classes, in the order of the class ids
 
 
 @dataclass

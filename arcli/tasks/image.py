@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 import sys
 import time
 from collections import Counter
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from arcli.decoding import BeamSearch, Greedy, Known, Sample, generate
+from arcli.decoding import Known, Sample, generate
 from arcli.errors import DataError, OptionError
 from arcli.image import pixels_to_tokens, tokens_to_pixels
 from arcli.image.io import ImageSet, describe_shape, load_images, occlude, write_grid, write_heatmap, write_png
@@ -50,9 +51,11 @@ from arcli.training import LossOutput
 MASKS = ("bottom", "top", "left", "right", "center", "random")
 PROPOSALS_PER_COMPLETION = 4  # importance resampling draws max(4 N, MIN_PROPOSALS) proposals per image
 MIN_PROPOSALS = 16
-MAX_ROWS = 256  # decoding rows (images x hypotheses) per engine call: bounds the memory of a call
+MAX_PROPOSALS = 512  # importance resampling stops drawing proposals for an image at this many (or just past it)
+CLASS_FLOOR = 1e-3  # a class whose posterior falls below this gets no more proposals
 HEATMAP_IMAGES = 8  # --heatmap draws the first images scored, at most this many
 LISTED = 5  # items named in a note or an error line
+LISTED_CLASSES = 16  # images whose drawn class `sample` names
 
 
 class ImageBatch(NamedTuple):
@@ -197,6 +200,7 @@ class ImageTask(Task):
             "channels": config.channels,
             "levels": levels,
             "classes": classes,
+            "class_names": _named_classes(classes, request.class_names),
             "images": len(train_set),
             "valid_images": len(valid_set),
         }
@@ -232,11 +236,13 @@ class ImageTask(Task):
             raise OptionError(f"--count must be >= 1, got {request.count}")
         _check_png_output(request.output, request.force)
         model, config = loaded.model, loaded.model.config
-        labels, columns, label_note = _sample_labels(loaded, request.label, request.count)
-
         strategy = decoding.make_strategy(self.default_strategy)
-        if isinstance(strategy, Sample) and decoding.seed is None:
-            _note(f"seed {strategy.seed} (pass --seed {strategy.seed} to repeat this run)")
+        seed = getattr(strategy, "seed", None)
+        seed = seed if seed is not None else decoding.seed if decoding.seed is not None else secrets.randbits(63)
+        labels, label_note = _sample_labels(loaded, request.label, request.count, seed)
+        columns = math.ceil(math.sqrt(request.count))
+        if decoding.seed is None and (isinstance(strategy, Sample) or labels is not None and request.label is None):
+            _note(f"seed {seed} (pass --seed {seed} to repeat this run)")
         if label_note:
             _note(label_note)
         started = time.perf_counter()
@@ -274,34 +280,38 @@ class ImageTask(Task):
         seed = decoding.seed if decoding.seed is not None else int(torch.seed() % (2**63))
         hidden = _mask(request.mask, shape[:2], seed)  # (H, W) bool, True = hidden
         images = load_images(request.images, shape)
-        labels = _complete_labels(loaded, images, request.label)
+        if request.label is not None:
+            _check_label(loaded, request.label)
         files = _completion_files(request.output_dir, images, count, request.force)
 
         channels, T = shape[2], model.sequence_length
         hidden_tokens = torch.from_numpy(np.repeat(hidden.reshape(-1), channels))  # (T,) sub-pixels of hidden pixels
         first_hidden = int(hidden_tokens.nonzero()[0])
         known_after = ~hidden_tokens & (torch.arange(T) > first_hidden)  # (T,) known sub-pixels after the hole
-        resampling = strategy_name == "sample" and bool(known_after.any())
-        proposals = max(PROPOSALS_PER_COMPLETION * count, MIN_PROPOSALS) if resampling else count
-        strategy = dataclasses.replace(decoding, seed=seed).make_strategy(self.default_strategy, nbest=1 if strategy_name == "greedy" else proposals)
-        if decoding.seed is None and (isinstance(strategy, Sample) or request.mask == "random"):
+        known_before = ~hidden_tokens & (torch.arange(T) < first_hidden)  # (T,) known sub-pixels before it
+        sampling = strategy_name == "sample"
+        resampling = sampling and bool(known_after.any())
+        candidates = _candidate_classes(loaded, images, request.label)  # per image: class ids, or [None]
+        if decoding.seed is None and (sampling or request.mask == "random"):
             _note(f"seed {seed} (pass --seed {seed} to repeat this run)")
         for note in images.notes:
             _note(note)
 
-        values = pixels_to_tokens(images.pixels, config.levels).long()  # (N, T)
-        known = Known(values, (~hidden_tokens).expand_as(values))
-        rows = _generate_chunked(model, strategy, T, known, labels, request.progress)  # per image, its hypotheses
-        chosen, ess = [], []  # per image: its completions (count, T); the effective sample sizes
-        for index, hyps in enumerate(rows):
-            tokens = torch.tensor([h.tokens for h in hyps])  # (hypotheses, T)
-            if resampling:
-                log_weights = proposal_log_weights(model, tokens, known_after, None if labels is None else labels[index])
-                generator = torch.Generator().manual_seed((seed * 1_000_003 + index) % 2**63)  # per image: chunking changes nothing
-                picks, effective = resample(log_weights, count, generator)
-                tokens = tokens[picks]
-                ess.append(effective)
-            chosen.append(tokens[:count])
+        values = pixels_to_tokens(images.pixels, config.levels).long() * (~hidden_tokens)  # (N, T), hidden ones zeroed
+        completer = _Completer(model, decoding, seed, T, ~hidden_tokens, known_before, known_after, config.num_classes,
+                               _class_names(loaded), count, request.progress, len(images))
+        chosen, reports = [], []
+        for index, (name, classes) in enumerate(zip(images.names, candidates, strict=True)):
+            if not sampling:
+                tokens, report = completer.search(index, values[index], classes, strategy_name)
+            elif not resampling:
+                tokens, report = completer.exact(index, values[index], classes)
+            else:
+                tokens, report = completer.resampled(index, values[index], classes)
+            chosen.append(tokens)
+            reports.append(report)
+            if report.line:
+                _note(f"{name}: {report.line}")
 
         grid_rows, completions = [], []
         for original, tokens in zip(images.pixels, chosen, strict=True):
@@ -316,7 +326,7 @@ class ImageTask(Task):
             for path, pixels in zip(files, (image for filled in completions for image in filled), strict=True):
                 write_png(path, pixels)
 
-        _note(_method_note(strategy, count, proposals, ess))
+        _note(_method_note(strategy_name, decoding.beam_size, count, reports))
         where = request.output if request.output != "-" else "PNG on stdout"
         extra = f"; {len(files)} completions in {request.output_dir}" if files else ""
         _note(f"{where}: {len(images)} row(s) of original, occluded input ({int(hidden.sum())} hidden pixels) and {count} completion(s){extra}")
@@ -410,6 +420,17 @@ def _fit_config(config: PixelCNNConfig, shape: tuple[int, int, int], classes: li
     return dataclasses.replace(config, hidden=hidden, **wanted), note
 
 
+def _named_classes(classes: list[str], names: list[str] | None) -> list[str]:
+    """The names for people of the classes (--class-names), one per class; [] when none were given."""
+    if names is None:
+        return []
+    if not classes:
+        raise OptionError("--class-names: the data has no class labels (class sub-folders or an IDX labels file) to name")
+    if len(names) != len(classes):
+        raise OptionError(f"--class-names gives {len(names)} names, but the data has {len(classes)} classes ({_listing(classes, len(classes))})")
+    return names
+
+
 def _held_out_labels(held: ImageSet, classes: list[str]) -> list[int] | None:
     """Class ids of held-out images: their own label, else their folder's name when that is a
     training class. None for an unconditional model."""
@@ -435,10 +456,20 @@ def _subset(images: ImageSet, keep: np.ndarray) -> ImageSet:
 # helpers: labels
 
 
-def _class_names(loaded: Loaded) -> list[str]:
+def _class_keys(loaded: Loaded) -> list[str]:
+    """The model's classes as the training data labelled them (sub-folder names, IDX label numbers):
+    what an input image's own label is matched against."""
     count = loaded.model.config.num_classes
-    names = [str(name) for name in loaded.checkpoint.data.get("classes") or []]
-    return names[:count] + [str(i) for i in range(len(names), count)]
+    keys = [str(key) for key in loaded.checkpoint.data.get("classes") or []]
+    return keys[:count] + [str(i) for i in range(len(keys), count)]
+
+
+def _class_names(loaded: Loaded) -> list[str]:
+    """The classes' names for people: the checkpoint's `class_names` (e.g. "ankle boot" for IDX
+    label 9) where it has them, else the keys."""
+    keys = _class_keys(loaded)
+    names = [str(name) for name in loaded.checkpoint.data.get("class_names") or []]
+    return [names[i] if i < len(names) and names[i] else key for i, key in enumerate(keys)]
 
 
 def _check_label(loaded: Loaded, label: int) -> None:
@@ -449,18 +480,21 @@ def _check_label(loaded: Loaded, label: int) -> None:
         raise OptionError(f"--label {label} is out of range: this model's classes are {_listing(_class_names(loaded), count)}")
 
 
-def _sample_labels(loaded: Loaded, label: int | None, count: int) -> tuple[torch.Tensor | None, int, str]:
-    """(labels (count,) or None, columns of the grid, a note). Without --label a conditional model
-    draws the classes in turn, one class per column."""
+def _sample_labels(loaded: Loaded, label: int | None, count: int, seed: int) -> tuple[torch.Tensor | None, str]:
+    """(labels (count,) or None, a note). Without --label a conditional model draws each image's
+    class from a uniform prior (seeded: the same --seed draws the same classes)."""
     classes = loaded.model.config.num_classes
-    square = math.ceil(math.sqrt(count))
     if label is not None:
         _check_label(loaded, label)
-        return torch.full((count,), label, dtype=torch.long), square, ""
+        return torch.full((count,), label, dtype=torch.long), ""
     if classes == 0:
-        return None, square, ""
-    note = f"no --label: image i is of class i mod {classes}, one class per column ({_listing(_class_names(loaded), classes)})"
-    return torch.arange(count) % classes, min(count, classes), note
+        return None, ""
+    drawn = torch.randint(classes, (count,), generator=torch.Generator().manual_seed(seed % 2**63))
+    names = _class_names(loaded)
+    shown = ", ".join(names[c] for c in drawn.tolist()[:LISTED_CLASSES])
+    more = f" ... ({count - LISTED_CLASSES} more)" if count > LISTED_CLASSES else ""
+    return drawn, (f"no --label: each image's class is drawn from a uniform prior over the {classes} classes; "
+                   f"in grid order: {shown}{more} (--label K picks one)")
 
 
 def _label_of(label: str | None, file: Path, names: list[str]) -> int | None:
@@ -472,24 +506,17 @@ def _label_of(label: str | None, file: Path, names: list[str]) -> int | None:
     return None
 
 
-def _complete_labels(loaded: Loaded, images: ImageSet, label: int | None) -> torch.Tensor | None:
+def _candidate_classes(loaded: Loaded, images: ImageSet, label: int | None) -> list[list[int | None]]:
+    """Per image, the classes its completion may be of: [None] for an unconditional model, [--label],
+    the image's own class (sub-folder or IDX label the model knows), else every class (inferred)."""
     count = loaded.model.config.num_classes
-    if label is not None:
-        _check_label(loaded, label)
-        return torch.full((len(images),), label, dtype=torch.long)
     if count == 0:
-        return None
-    names = _class_names(loaded)
-    ids = []
-    for name, own, file in zip(images.names, images.labels, images.files, strict=True):
-        found = _label_of(own, file, names)
-        if found is None:
-            raise OptionError(
-                f"this PixelCNN is class-conditional and '{name}' has no class label of it (class sub-folder or IDX labels): "
-                f"give --label K ({_listing(names, count)})"
-            )
-        ids.append(found)
-    return torch.tensor(ids, dtype=torch.long)
+        return [[None] for _ in range(len(images))]
+    if label is not None:
+        return [[label] for _ in range(len(images))]
+    keys = _class_keys(loaded)
+    found = [_label_of(own, file, keys) for own, file in zip(images.labels, images.files, strict=True)]
+    return [list(range(count)) if f is None else [f] for f in found]
 
 
 def _score_labels(loaded: Loaded, images: ImageSet) -> tuple[list[int | None], int]:
@@ -497,8 +524,8 @@ def _score_labels(loaded: Loaded, images: ImageSet) -> tuple[list[int | None], i
     unknown ones; all None for an unconditional model."""
     if loaded.model.config.num_classes == 0:
         return [None] * len(images), 0
-    names = _class_names(loaded)
-    ids = [_label_of(own, file, names) for own, file in zip(images.labels, images.files, strict=True)]
+    keys = _class_keys(loaded)
+    ids = [_label_of(own, file, keys) for own, file in zip(images.labels, images.files, strict=True)]
     return ids, sum(i is None for i in ids)
 
 
@@ -595,22 +622,150 @@ def _completion_files(folder: Path | None, images: ImageSet, count: int, force: 
     return files
 
 
-def _generate_chunked(model: PixelCNN, strategy, length: int, known: Known, labels: torch.Tensor | None, progress) -> list:
-    """generate() over all images, a few at a time (at most MAX_ROWS decoding rows per call); each
-    image keeps its own random streams (row_offset), so the chunking changes no result."""
-    images = len(known.values)
-    per_call = max(1, MAX_ROWS // strategy.width)
-    calls = math.ceil(images / per_call)
-    rows = []
-    for call, start in enumerate(range(0, images, per_call)):
-        stop = min(images, start + per_call)
-        report = None if progress is None else (lambda done, total, call=call: progress(call * total + done, calls * total))
-        rows += generate(
-            model, strategy, max_length=length, batch_size=stop - start, row_offset=start,
-            condition=None if labels is None else labels[start:stop],
-            known=Known(known.values[start:stop], known.mask[start:stop]), progress=report,
+@dataclasses.dataclass
+class _Report:
+    """What one image's completion did: its class posterior and, under resampling, the proposals."""
+
+    line: str = ""  # said on stderr for the image ("" when there is nothing to say)
+    posterior: dict[int, float] | None = None  # class -> probability (inferred classes only)
+    proposals: int = 0  # proposals drawn (importance resampling)
+    ess: float | None = None  # their effective sample size
+    rounds: int = 0
+
+
+class _Completer:
+    """Completes one image at a time, for a set of candidate classes (one given or every class of
+    the model, inferred from the known pixels; [None] for an unconditional model).
+
+    Exact (no known pixel after the first hidden one, e.g. the bottom mask): log p(known | c) is the
+    sum of the model's log-probabilities of the known sub-pixels, read from one forward pass per
+    class; the class of each completion is drawn from p(c | known) ∝ p(c) p(known | c) (uniform p(c)),
+    and the completion from p(hidden | known, c) by sampling with the known pixels forced.
+
+    Importance resampling (known pixels after the hole): proposals are drawn per candidate class
+    with the known pixels forced, in rounds of K, K, 2K, 4K ... (the pool doubles); proposal k of class c has the weight
+    p(c) p(known before the hole | c) p(known after the hole | proposal, c) / K_c, so the weights of a
+    class sum to p(c) times the importance estimate of p(known | c), and the pooled, normalised
+    weights are the posterior over (class, completion) pairs. Rounds go on until the effective
+    sample size reaches the number of completions asked for, or MAX_PROPOSALS are drawn; classes whose
+    posterior falls under CLASS_FLOOR get no more proposals. Completions are then picked by
+    systematic resampling, which repeats a proposal only as often as its weight demands.
+    """
+
+    def __init__(self, model, decoding, seed, length, known, known_before, known_after, num_classes, names, count,
+                 progress, images):
+        self.model, self.decoding, self.seed, self.length = model, decoding, seed, length
+        self.known, self.known_before, self.known_after = known, known_before, known_after
+        self.num_classes, self.names, self.count = num_classes, names, count
+        self.progress, self.images = progress, images
+        self.device = next(model.parameters()).device
+        self.per_round = max(PROPOSALS_PER_COMPLETION * count, MIN_PROPOSALS)
+
+    # decoding ----------------------------------------------------------------------------------
+
+    def _generate(self, index: int, values: torch.Tensor, labels: list[int | None], strategy) -> list:
+        rows = len(labels)
+        condition = None if labels[0] is None else torch.tensor(labels, dtype=torch.long)
+        report = None
+        if self.progress is not None:
+            report = lambda done, total: self.progress(index * total + done, self.images * total)  # noqa: E731
+        return generate(
+            self.model, strategy, max_length=self.length, batch_size=rows, condition=condition, row_offset=0,
+            known=Known(values.expand(rows, -1), self.known.expand(rows, -1)), progress=report,
         )
-    return rows
+
+    def _sampler(self, index: int, salt: int, nbest: int):
+        seed = (self.seed * 1_000_003 + index * 7_919 + salt) % 2**63  # per image and round: repeatable, independent
+        return dataclasses.replace(self.decoding, seed=seed).make_strategy("sample", nbest=nbest)
+
+    @torch.inference_mode()
+    def _log_known(self, values: torch.Tensor, labels: list[int | None], where: torch.Tensor) -> torch.Tensor:
+        """log p of the sub-pixels in `where` (T,) of one image, per class (C,), from one forward pass:
+        exact for sub-pixels that no hidden one precedes."""
+        batch = values.expand(len(labels), -1).to(self.device)
+        condition = None if labels[0] is None else torch.tensor(labels, device=self.device)
+        nats = token_nats(self.model, batch, condition).double()
+        return -(nats * where.to(self.device)).sum(1).cpu()
+
+    def _posterior_line(self, classes: list[int], log_joint: torch.Tensor) -> tuple[dict[int, float], str]:
+        probs = torch.softmax(log_joint, 0)
+        posterior = {c: float(p) for c, p in zip(classes, probs.tolist(), strict=True)}
+        ranked = sorted(posterior.items(), key=lambda kv: -kv[1])
+        shown = [f"{self.names[c]} {p:.2f}" for i, (c, p) in enumerate(ranked) if i == 0 or (i < 3 and p >= 0.005)]
+        return posterior, "class " + ", ".join(shown)
+
+    # the three ways -----------------------------------------------------------------------------
+
+    def search(self, index: int, values: torch.Tensor, classes: list[int | None], strategy_name: str) -> tuple[torch.Tensor, _Report]:
+        """Greedy or beam search per candidate class; the best `count` over all classes by
+        log p(image, class) (every known sub-pixel counted), so the class is the likeliest one too."""
+        nbest = 1 if strategy_name == "greedy" else self.count
+        strategy = self.decoding.make_strategy(strategy_name, nbest=nbest)
+        rows = self._generate(index, values, classes, strategy)
+        prior = -math.log(len(classes))
+        pooled = [(h.logprob + prior, c, h.tokens) for c, hyps in zip(classes, rows, strict=True) for h in hyps]
+        pooled.sort(key=lambda item: -item[0])
+        tokens = torch.tensor([t for _, _, t in pooled[: self.count]])
+        line = ""
+        if len(classes) > 1:
+            line = f"class {self.names[pooled[0][1]]} (the likeliest completion's; no --label)"
+        return tokens, _Report(line=line)
+
+    def exact(self, index: int, values: torch.Tensor, classes: list[int | None]) -> tuple[torch.Tensor, _Report]:
+        report = _Report()
+        labels = classes * self.count
+        if len(classes) > 1:
+            log_joint = self._log_known(values, classes, self.known) - math.log(len(classes))
+            report.posterior, report.line = self._posterior_line(classes, log_joint)
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
+            drawn = torch.multinomial(torch.softmax(log_joint, 0), self.count, replacement=True, generator=generator)
+            labels = [classes[i] for i in drawn.tolist()]
+        rows = self._generate(index, values, labels, self._sampler(index, 0, 1))
+        return torch.tensor([hyps[0].tokens for hyps in rows]), report
+
+    def resampled(self, index: int, values: torch.Tensor, classes: list[int | None]) -> tuple[torch.Tensor, _Report]:
+        log_before = self._log_known(values, classes, self.known_before)  # (C,) the same for every proposal
+        log_prior = -math.log(len(classes))
+        drawn = [0] * len(classes)  # proposals per class
+        pool_tokens, pool_class, pool_logw = [], [], []  # per proposal: tokens, class slot, log p(known after | it)
+        active = list(range(len(classes)))
+        rounds = 0
+        while True:
+            labels = [classes[j] for j in active]
+            size = self.per_round * 2 ** max(0, rounds - 1)  # rounds of K, K, 2K, 4K ...: the pool doubles, in bigger batches
+            rows = self._generate(index, values, labels, self._sampler(index, rounds, size))
+            for j, hyps in zip(active, rows, strict=True):
+                tokens = torch.tensor([h.tokens for h in hyps])
+                label = None if classes[j] is None else torch.tensor(classes[j])
+                pool_tokens.append(tokens)
+                pool_logw.append(proposal_log_weights(self.model, tokens, self.known_after, label))
+                pool_class.append(torch.full((len(tokens),), j))
+                drawn[j] += len(tokens)
+            rounds += 1
+            slots = torch.cat(pool_class)
+            counts = torch.tensor(drawn, dtype=torch.float64)
+            log_w = torch.cat(pool_logw) + log_before[slots] + log_prior - counts[slots].log()
+            weights = torch.softmax(log_w, 0)
+            ess = float(1.0 / (weights**2).sum())
+            total = int(counts.sum())
+            class_mass = torch.zeros(len(classes), dtype=torch.float64).index_add_(0, slots, weights)
+            if ess >= self.count or total >= MAX_PROPOSALS:
+                break
+            active = [j for j in range(len(classes)) if class_mass[j] >= CLASS_FLOOR] or [int(class_mass.argmax())]
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
+        picks = systematic_resample(weights, self.count, generator)
+        report = _Report(proposals=total, ess=ess, rounds=rounds)
+        parts = []
+        if len(classes) > 1:
+            report.posterior, class_line = self._posterior_line(classes, class_mass.clamp(min=1e-300).log())
+            parts.append(class_line)
+        parts.append(f"effective sample size {ess:.1f} of {total} proposals ({rounds} round{'s' if rounds > 1 else ''})")
+        if ess < self.count:
+            repeats = self.count - len(set(picks.tolist()))
+            parts.append(f"below the {self.count} completions asked for at the cap of {MAX_PROPOSALS} proposals: few proposals "
+                         f"fit the known pixels after the hole, so {repeats} completion(s) repeat another")
+        report.line = "; ".join(parts)
+        return torch.cat(pool_tokens)[picks], report
 
 
 @torch.inference_mode()
@@ -635,22 +790,36 @@ def resample(log_weights: torch.Tensor, count: int, generator: torch.Generator) 
     return torch.multinomial(weights, count, replacement=True, generator=generator), float(1.0 / (weights**2).sum())
 
 
-def _method_note(strategy, count: int, proposals: int, ess: list[float]) -> str:
-    if isinstance(strategy, BeamSearch):
-        return (f"beam search (beam size {strategy.width}): the {count} likeliest completions found, ranked by the likelihood "
+def systematic_resample(weights: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` indices drawn in proportion to `weights` (K,), normalised, by systematic resampling:
+    one uniform u, then the points (u + i) / count through the cumulative weights. Each index is
+    picked floor(count w) or ceil(count w) times, so nothing repeats that the weights do not demand
+    (multinomial draws repeat heavy proposals far more often), and the draw stays unbiased."""
+    cumulative = torch.cumsum(weights.double(), 0)
+    cumulative = cumulative / cumulative[-1]
+    points = (torch.rand((), generator=generator, dtype=torch.float64) + torch.arange(count, dtype=torch.float64)) / count
+    return torch.searchsorted(cumulative, points, right=True).clamp(max=len(weights) - 1)
+
+
+def _method_note(strategy_name: str, beam_size: int, count: int, reports: list[_Report]) -> str:
+    if strategy_name == "beam":
+        return (f"beam search (beam size {beam_size}): the {count} likeliest completions found, ranked by the likelihood "
                 "of the whole image, known pixels included")
-    if isinstance(strategy, Greedy):
+    if strategy_name == "greedy":
         return "greedy: each hidden sub-pixel takes its likeliest value in raster order, the known ones before it forced"
+    ess = [r.ess for r in reports if r.ess is not None]
     if not ess:
         return ("sampling: every known pixel comes before the first hidden one (raster order), so the completions are exact "
                 "samples of p(hidden | known)")
     worst = min(range(len(ess)), key=ess.__getitem__)
+    proposals = sum(r.proposals for r in reports) / len(reports)
     return (
         f"importance resampling: the mask leaves known pixels after the first hidden one (raster order), which left-to-right "
-        f"sampling cannot look ahead to; per image {proposals} proposals were drawn with the known pixels forced, weighted by "
-        f"the likelihood the model gives the known pixels after the first hidden one, and {count} resampled by weight (with "
-        f"replacement); effective sample size {sum(ess) / len(ess):.1f} of {proposals} on average (lowest {ess[worst]:.1f}, "
-        f"image {worst + 1})"
+        f"sampling cannot look ahead to; proposals were drawn with the known pixels forced, in rounds of "
+        f"{max(PROPOSALS_PER_COMPLETION * count, MIN_PROPOSALS)} proposals per candidate class, the pool doubling each round "
+        f"after the second, until the effective sample size reached {count} (or {MAX_PROPOSALS} proposals), weighted by the likelihood of the known pixels after the hole, "
+        f"and {count} picked by systematic resampling; {proposals:.0f} proposals per image on average, effective sample size "
+        f"{sum(ess) / len(ess):.1f} on average (lowest {ess[worst]:.1f}, image {worst + 1})"
     )
 
 

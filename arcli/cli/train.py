@@ -45,7 +45,9 @@ def train(
     tgt: Annotated[Path | None, typer.Option(help="Translation: target sentences, line by line with --src.", rich_help_panel=PARALLEL)] = None,
     valid_src: Annotated[Path | None, typer.Option(help="Translation: held-out sources; default: a slice of --src.", rich_help_panel=PARALLEL)] = None,
     valid_tgt: Annotated[Path | None, typer.Option(help="Translation: held-out targets.", rich_help_panel=PARALLEL)] = None,
-    class_names: Annotated[str | None, typer.Option(help="Image models: names of the classes in the order of their ids, comma-separated (e.g. 'T-shirt/top,Trouser,...'), shown by sample, complete-image and models info.")] = None,
+    class_names: Annotated[str | None, typer.Option(
+        help="Image models: names of the classes in the order of their ids, comma-separated (e.g. 'T-shirt/top,trouser,...')."
+    )] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help="Model setting KEY=VALUE (see `arcli models info`).")] = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps.", rich_help_panel=TRAINING)] = TrainOptions.steps,
     batch_size: Annotated[int, typer.Option(help="Examples per step.", rich_help_panel=TRAINING)] = TrainOptions.batch_size,

@@ -817,7 +817,8 @@ def _method_note(strategy_name: str, beam_size: int, count: int, reports: list[_
         f"importance resampling: the mask leaves known pixels after the first hidden one (raster order), which left-to-right "
         f"sampling cannot look ahead to; proposals were drawn with the known pixels forced, in rounds of "
         f"{max(PROPOSALS_PER_COMPLETION * count, MIN_PROPOSALS)} proposals per candidate class, the pool doubling each round "
-        f"after the second, until the effective sample size reached {count} (or {MAX_PROPOSALS} proposals), weighted by the likelihood of the known pixels after the hole, "
+        f"after the second, until the effective sample size reached {count} (or {MAX_PROPOSALS} proposals), weighted by the "
+        f"likelihood of the known pixels after the hole, "
         f"and {count} picked by systematic resampling; {proposals:.0f} proposals per image on average, effective sample size "
         f"{sum(ess) / len(ess):.1f} on average (lowest {ess[worst]:.1f}, image {worst + 1})"
     )

@@ -114,7 +114,8 @@ def load_images(paths: list[str | Path], shape: tuple[int, int, int] | None = No
         total = sum(len(block.pixels) for block in blocks)
         listed = ", ".join(f"'{_block_name(b)}' ({describe_shape(b.pixels.shape[1:])})" for b in converted[:LISTED])
         more = f" and {len(converted) - LISTED} more files" if len(converted) > LISTED else ""
-        notes.append(f"converted {count} of {total} image(s) to {describe_shape(shape)}: {listed}{more}")
+        notes.append(f"converted {count} of {total} image(s) to {describe_shape(shape)} (cropped to its aspect ratio around the centre, "
+                     f"resized with Lanczos): {listed}{more}")
     pixels = np.concatenate([convert_pixels(block.pixels, shape) for block in blocks])
     names = [name for block in blocks for name in block.names]
     files = [block.file for block in blocks for _ in block.names]

@@ -298,7 +298,7 @@ class ImageTask(Task):
             _note(note)
 
         values = pixels_to_tokens(images.pixels, config.levels).long() * (~hidden_tokens)  # (N, T), hidden ones zeroed
-        completer = _Completer(model, decoding, seed, T, ~hidden_tokens, known_before, known_after, config.num_classes,
+        completer = Completer(model, decoding, seed, T, ~hidden_tokens, known_before, known_after, config.num_classes,
                                _class_names(loaded), count, request.progress, len(images))
         chosen, reports = [], []
         for index, (name, classes) in enumerate(zip(images.names, candidates, strict=True)):
@@ -623,7 +623,7 @@ def _completion_files(folder: Path | None, images: ImageSet, count: int, force: 
 
 
 @dataclasses.dataclass
-class _Report:
+class CompletionReport:
     """What one image's completion did: its class posterior and, under resampling, the proposals."""
 
     line: str = ""  # said on stderr for the image ("" when there is nothing to say)
@@ -633,7 +633,7 @@ class _Report:
     rounds: int = 0
 
 
-class _Completer:
+class Completer:
     """Completes one image at a time, for a set of candidate classes (one given or every class of
     the model, inferred from the known pixels; [None] for an unconditional model).
 
@@ -696,7 +696,7 @@ class _Completer:
 
     # the three ways -----------------------------------------------------------------------------
 
-    def search(self, index: int, values: torch.Tensor, classes: list[int | None], strategy_name: str) -> tuple[torch.Tensor, _Report]:
+    def search(self, index: int, values: torch.Tensor, classes: list[int | None], strategy_name: str) -> tuple[torch.Tensor, CompletionReport]:
         """Greedy or beam search per candidate class; the best `count` over all classes by
         log p(image, class) (every known sub-pixel counted), so the class is the likeliest one too."""
         nbest = 1 if strategy_name == "greedy" else self.count
@@ -709,10 +709,10 @@ class _Completer:
         line = ""
         if len(classes) > 1:
             line = f"class {self.names[pooled[0][1]]} (the likeliest completion's; no --label)"
-        return tokens, _Report(line=line)
+        return tokens, CompletionReport(line=line)
 
-    def exact(self, index: int, values: torch.Tensor, classes: list[int | None]) -> tuple[torch.Tensor, _Report]:
-        report = _Report()
+    def exact(self, index: int, values: torch.Tensor, classes: list[int | None]) -> tuple[torch.Tensor, CompletionReport]:
+        report = CompletionReport()
         labels = classes * self.count
         if len(classes) > 1:
             log_joint = self._log_known(values, classes, self.known) - math.log(len(classes))
@@ -723,7 +723,7 @@ class _Completer:
         rows = self._generate(index, values, labels, self._sampler(index, 0, 1))
         return torch.tensor([hyps[0].tokens for hyps in rows]), report
 
-    def resampled(self, index: int, values: torch.Tensor, classes: list[int | None]) -> tuple[torch.Tensor, _Report]:
+    def resampled(self, index: int, values: torch.Tensor, classes: list[int | None]) -> tuple[torch.Tensor, CompletionReport]:
         log_before = self._log_known(values, classes, self.known_before)  # (C,) the same for every proposal
         log_prior = -math.log(len(classes))
         drawn = [0] * len(classes)  # proposals per class
@@ -754,7 +754,7 @@ class _Completer:
             active = [j for j in range(len(classes)) if class_mass[j] >= CLASS_FLOOR] or [int(class_mass.argmax())]
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
         picks = systematic_resample(weights, self.count, generator)
-        report = _Report(proposals=total, ess=ess, rounds=rounds)
+        report = CompletionReport(proposals=total, ess=ess, rounds=rounds)
         parts = []
         if len(classes) > 1:
             report.posterior, class_line = self._posterior_line(classes, class_mass.clamp(min=1e-300).log())
@@ -801,7 +801,7 @@ def systematic_resample(weights: torch.Tensor, count: int, generator: torch.Gene
     return torch.searchsorted(cumulative, points, right=True).clamp(max=len(weights) - 1)
 
 
-def _method_note(strategy_name: str, beam_size: int, count: int, reports: list[_Report]) -> str:
+def _method_note(strategy_name: str, beam_size: int, count: int, reports: list[CompletionReport]) -> str:
     if strategy_name == "beam":
         return (f"beam search (beam size {beam_size}): the {count} likeliest completions found, ranked by the likelihood "
                 "of the whole image, known pixels included")

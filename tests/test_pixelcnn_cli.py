@@ -24,7 +24,7 @@ from arcli.models.pixelcnn import PixelCNN, PixelCNNConfig
 from arcli.models.wavenet import WaveNet, WaveNetConfig
 from arcli.registry import get_family
 from arcli.tasks import TrainRequest
-from arcli.tasks.image import MASKS, MAX_PROPOSALS, context, proposal_log_weights, resample, systematic_resample
+from arcli.tasks.image import MASKS, MAX_PROPOSALS, context, proposal_log_weights, resample, smc_proposals, systematic_resample
 
 SIZE = 6  # 6x6 grey images
 TINY = {"hidden": 12, "layers": 2, "kernel": 3, "first_kernel": 3}
@@ -351,6 +351,33 @@ def test_resampling_draws_rounds_until_the_effective_sample_size_is_reached(trai
     assert proposals % 16 == 0  # whole rounds of K = max(4 N, 16): K, K, 2K, 4K ...
     assert ess >= 4 or proposals >= MAX_PROPOSALS  # stopped at the target, or at the cap (and said so)
     assert (ess < 4) == ("few proposals fit the known pixels" in line)
+
+
+def test_smc_weights_are_the_likelihood_of_the_known_pixels_after_the_hole_without_resampling(trained):
+    model, _ = get_family("pixelcnn").load(trained, torch.device("cpu"))
+    values = torch.from_numpy(make_images(1, seed=6)[0][0].reshape(-1)).long()
+    known = torch.zeros(36, dtype=torch.bool)
+    known[:8] = True
+    known[30:] = True  # the last row: read after the hole, and no row ends after it
+    tokens, log_w, resamplings = smc_proposals(model, values, known, 8, 1, 6, torch.Generator().manual_seed(0))
+    assert resamplings == 0 and torch.equal(tokens[:, known], values[known].expand(6, -1))
+    after = known & (torch.arange(36) > 8)
+    torch.testing.assert_close(log_w, proposal_log_weights(model, tokens, after, torch.tensor(1)), rtol=1e-5, atol=1e-4)
+
+
+def test_smc_estimates_the_likelihood_of_the_known_pixels_after_one_hidden_pixel(trained):
+    model, _ = get_family("pixelcnn").load(trained, torch.device("cpu"))
+    values = torch.from_numpy(make_images(1, seed=7)[0][0].reshape(-1)).long()
+    known = torch.ones(36, dtype=torch.bool)
+    known[14] = False  # one hidden pixel: p(known after | before) = sum over its 256 values, by brute force
+    with torch.no_grad():
+        every = values.expand(256, -1).clone()
+        every[:, 14] = torch.arange(256)
+        nats = torch.stack([image_nats(model, row, 0) for row in every]).double()  # (256, 36)
+        exact = torch.logsumexp(-nats[:, 14:].sum(1), 0)  # log sum_v p(v | before) p(after | before, v)
+    _, log_w, resamplings = smc_proposals(model, values, known, 14, 0, 4000, torch.Generator().manual_seed(1))
+    estimate = torch.logsumexp(log_w, 0) - math.log(4000)
+    assert float(estimate) == pytest.approx(float(exact), abs=0.05)
 
 
 def test_systematic_resampling_repeats_only_what_the_weights_demand():

@@ -660,19 +660,25 @@ class Completer:
         self.progress, self.images = progress, images
         self.device = next(model.parameters()).device
         self.per_round = max(PROPOSALS_PER_COMPLETION * count, MIN_PROPOSALS)
+        self.first_hidden = int((~known).nonzero()[0])
+        # Sequential Monte Carlo (resampling at row ends) for plain sampling; with --temperature,
+        # --top-k or --top-p the proposals come from the engine's strategy as before.
+        self.smc = (decoding.temperature, decoding.top_k, decoding.top_p) == (None, None, None)
 
     # decoding ----------------------------------------------------------------------------------
 
     def _generate(self, index: int, values: torch.Tensor, labels: list[int | None], strategy) -> list:
         rows = len(labels)
         condition = None if labels[0] is None else torch.tensor(labels, dtype=torch.long)
-        report = None
-        if self.progress is not None:
-            report = lambda done, total: self.progress(index * total + done, self.images * total)  # noqa: E731
         return generate(
             self.model, strategy, max_length=self.length, batch_size=rows, condition=condition, row_offset=0,
-            known=Known(values.expand(rows, -1), self.known.expand(rows, -1)), progress=report,
+            known=Known(values.expand(rows, -1), self.known.expand(rows, -1)), progress=self._progress_of(index),
         )
+
+    def _progress_of(self, index: int):
+        if self.progress is None:
+            return None
+        return lambda done, total: self.progress(index * total + done, self.images * total)
 
     def _sampler(self, index: int, salt: int, nbest: int):
         seed = (self.seed * 1_000_003 + index * 7_919 + salt) % 2**63  # per image and round: repeatable, independent
@@ -729,18 +735,30 @@ class Completer:
         drawn = [0] * len(classes)  # proposals per class
         pool_tokens, pool_class, pool_logw = [], [], []  # per proposal: tokens, class slot, log p(known after | it)
         active = list(range(len(classes)))
-        rounds = 0
+        rounds, resamplings = 0, 0
         while True:
-            labels = [classes[j] for j in active]
             size = self.per_round * 2 ** max(0, rounds - 1)  # rounds of K, K, 2K, 4K ...: the pool doubles, in bigger batches
-            rows = self._generate(index, values, labels, self._sampler(index, rounds, size))
-            for j, hyps in zip(active, rows, strict=True):
-                tokens = torch.tensor([h.tokens for h in hyps])
-                label = None if classes[j] is None else torch.tensor(classes[j])
-                pool_tokens.append(tokens)
-                pool_logw.append(proposal_log_weights(self.model, tokens, self.known_after, label))
-                pool_class.append(torch.full((len(tokens),), j))
-                drawn[j] += len(tokens)
+            if self.smc:
+                for j in active:
+                    generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index * 7_919 + rounds * 101 + j) % 2**63)
+                    report = self._progress_of(index)
+                    tokens, log_w, resampled = smc_proposals(self.model, values, self.known, self.first_hidden, classes[j], size,
+                                                             generator, report)
+                    resamplings += resampled
+                    pool_tokens.append(tokens)
+                    pool_logw.append(log_w)
+                    pool_class.append(torch.full((len(tokens),), j))
+                    drawn[j] += len(tokens)
+            else:
+                labels = [classes[j] for j in active]
+                rows = self._generate(index, values, labels, self._sampler(index, rounds, size))
+                for j, hyps in zip(active, rows, strict=True):
+                    tokens = torch.tensor([h.tokens for h in hyps])
+                    label = None if classes[j] is None else torch.tensor(classes[j])
+                    pool_tokens.append(tokens)
+                    pool_logw.append(proposal_log_weights(self.model, tokens, self.known_after, label))
+                    pool_class.append(torch.full((len(tokens),), j))
+                    drawn[j] += len(tokens)
             rounds += 1
             slots = torch.cat(pool_class)
             counts = torch.tensor(drawn, dtype=torch.float64)
@@ -759,13 +777,64 @@ class Completer:
         if len(classes) > 1:
             report.posterior, class_line = self._posterior_line(classes, class_mass.clamp(min=1e-300).log())
             parts.append(class_line)
-        parts.append(f"effective sample size {ess:.1f} of {total} proposals ({rounds} round{'s' if rounds > 1 else ''})")
+        smc = f", {resamplings} row resamplings" if self.smc else ""
+        parts.append(f"effective sample size {ess:.1f} of {total} proposals ({rounds} round{'s' if rounds > 1 else ''}{smc})")
         if ess < self.count:
             repeats = self.count - len(set(picks.tolist()))
             parts.append(f"below the {self.count} completions asked for at the cap of {MAX_PROPOSALS} proposals: few proposals "
                          f"fit the known pixels after the hole, so {repeats} completion(s) repeat another")
         report.line = "; ".join(parts)
         return torch.cat(pool_tokens)[picks], report
+
+
+@torch.inference_mode()
+def smc_proposals(model: PixelCNN, values: torch.Tensor, known: torch.Tensor, first_hidden: int, label: int | None,
+                  particles: int, generator: torch.Generator, progress=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Sequential Monte Carlo proposals for one image: `particles` completions of `values` (T,) with the
+    sub-pixels in `known` (T,) forced and the others drawn from the model's conditionals, the
+    particles reweighted by each forced sub-pixel after `first_hidden` as it is read (its probability
+    under the model), and resampled (systematically) at the end of every image row where their
+    effective sample size has fallen under half. A mask whose hidden and known pixels alternate within
+    rows (left, right, center, random, most drawn masks) thus keeps the particles that fit the known
+    pixels so far, instead of finding out at the end; for the top mask every forced sub-pixel comes
+    after the hole, and this is plain importance sampling.
+
+    Returns (tokens (K, T), log-weights (K,), resamplings). The log-weights are each particle's share
+    of the run's estimate of p(known after the hole | known before it), times K: exp(log-weights)
+    averages to that estimate, and with no resampling they are the particles' likelihoods of the
+    forced sub-pixels after the hole, as `proposal_log_weights` reads them.
+    """
+    device = next(model.parameters()).device
+    T, K = len(values), particles
+    row = model.config.width * model.config.channels
+    condition = None if label is None else torch.full((K,), label, dtype=torch.long, device=device)
+    state = model.start(K, condition)
+    tokens = torch.zeros(K, T, dtype=torch.long, device=device)
+    log_w = torch.zeros(K, dtype=torch.float64, device=device)
+    log_z, resamplings, previous = 0.0, 0, None
+    known_list, values = known.tolist(), values.to(device)
+    for t in range(T):
+        logits, state = model.step(state, previous)
+        if known_list[t]:
+            token = values[t].expand(K)
+            if t > first_hidden:
+                log_w += torch.log_softmax(logits.double(), -1)[:, values[t]]
+        else:
+            token = torch.multinomial(torch.softmax(logits.float(), -1).cpu(), 1, generator=generator).squeeze(1).to(device)
+        tokens[:, t] = token
+        previous = token
+        if (t + 1) % row == 0 and t + 1 < T and t > first_hidden:
+            weights = torch.softmax(log_w, 0)
+            if float(1.0 / (weights**2).sum()) < K / 2:
+                log_z += float(torch.logsumexp(log_w, 0)) - math.log(K)
+                index = systematic_resample(weights.cpu(), K, generator).to(device)
+                state = model.reorder(state, index)
+                tokens, log_w = tokens[index], torch.zeros_like(log_w)
+                resamplings += 1
+        if progress is not None:
+            progress(t + 1, T)
+    log_z += float(torch.logsumexp(log_w, 0)) - math.log(K)
+    return tokens.cpu(), (log_z + torch.log_softmax(log_w, 0) + math.log(K)).cpu(), resamplings
 
 
 @torch.inference_mode()

@@ -5,10 +5,11 @@
 1. Class from half an image: the bottom half hidden, the class of each of the first --images test
    images is inferred from its top half, p(c | top) ∝ p(known | c) under a uniform prior (exact: the
    known pixels come first in raster order), and the most probable class is compared with the label.
-2. The top mask, where the known bottom half follows the hole: for the first --top-images images (true
-   label given), the effective sample size of one round of max(4 n, 16) proposals (what
-   complete-image did before it drew in rounds) and of the rounds it draws now, and the mean
-   log-likelihood of the known bottom half under the n chosen completions, beside the original's
+2. Masks that leave known pixels after the hole (--masks, default left, center, top): for the first
+   --top-images images (true label given), the effective sample size of one round of max(4 n, 16)
+   engine proposals (what complete-image did before), then what it does now (sequential Monte Carlo
+   rounds until the ESS reaches n), how many of the n completions are distinct, and the mean
+   log-likelihood of the known pixels after the hole under the completions, beside the original's
    (bits per known sub-pixel: lower is better).
 """
 
@@ -25,7 +26,7 @@ from arcli.image import pixels_to_tokens
 from arcli.image.io import load_images
 from arcli.registry import get_family
 from arcli.tasks import Decoding
-from arcli.tasks.image import Completer, proposal_log_weights, token_nats
+from arcli.tasks.image import Completer, _mask, proposal_log_weights, token_nats
 
 DATA = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--top-images", type=int, default=5)
     parser.add_argument("-n", type=int, default=8)
+    parser.add_argument("--masks", nargs="+", default=["left", "center", "top"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -75,29 +77,33 @@ def main() -> None:
     worst = sorted(confused.items(), key=lambda kv: -kv[1])[:5]
     print("  most frequent confusions: " + ", ".join(f"{names[t]} -> {names[g]} x{k}" for (t, g), k in worst))
 
-    # 2. the top mask
-    hidden = torch.arange(T) < T // 2
-    known_after = ~hidden
+    # 2. masks with known pixels after the hole
     decoding = Decoding(strategy="sample", seed=args.seed)
-    completer = Completer(model, decoding, args.seed, T, ~hidden, torch.zeros(T, dtype=torch.bool), known_after, classes,
-                          names, args.n, None, 1)
     per_round = max(4 * args.n, 16)
-    bits = lambda nats: nats / known_after.sum().item() / math.log(2)  # noqa: E731
-    for index in range(min(args.top_images, len(tokens))):
-        label = int(labels[index])
-        values = tokens[index] * known_after
-        started = time.perf_counter()
-        one_round = completer._generate(index, values, [label], completer._sampler(index, 99, per_round))
-        first = torch.tensor([h.tokens for h in one_round[0]])
-        w = torch.softmax(proposal_log_weights(model, first, known_after, torch.tensor(label)), 0)
-        ess_before = float(1 / (w**2).sum())
-        chosen, report = completer.resampled(index, values, [label])
-        original = proposal_log_weights(model, tokens[index][None], known_after, torch.tensor(label))[0]
-        under = proposal_log_weights(model, chosen, known_after, torch.tensor(label))
-        print(f"image {index} ({names[label]}): ESS {ess_before:.1f} of {per_round} in one round; now {report.ess:.1f} of "
-              f"{report.proposals} ({report.rounds} rounds), {len(set(map(tuple, chosen.tolist())))} distinct of {args.n}; "
-              f"known bottom half: {bits(-under.mean().item()):.3f} bits/dim under the completions (mean), "
-              f"{bits(-original.item()):.3f} under the original; {time.perf_counter() - started:.1f} s")
+    for mask in args.masks:
+        hidden = torch.from_numpy(_mask(mask, (config.height, config.width), args.seed).reshape(-1)).repeat_interleave(config.channels)
+        known_after = ~hidden & (torch.arange(T) > int(hidden.nonzero()[0]))
+        completer = Completer(model, decoding, args.seed, T, ~hidden, ~hidden & ~known_after, known_after, classes, names,
+                              args.n, None, 1)
+        after = known_after.sum().item()
+        for index in range(min(args.top_images, len(tokens))):
+            label = int(labels[index])
+            values = tokens[index] * ~hidden
+            started = time.perf_counter()
+            one_round = completer._generate(index, values, [label], completer._sampler(index, 99, per_round))
+            first = torch.tensor([h.tokens for h in one_round[0]])
+            w = torch.softmax(proposal_log_weights(model, first, known_after, torch.tensor(label)), 0)
+            ess_before = float(1 / (w**2).sum())
+            before = time.perf_counter() - started
+            started = time.perf_counter()
+            chosen, report = completer.resampled(index, values, [label])
+            original = proposal_log_weights(model, tokens[index][None], known_after, torch.tensor(label))[0]
+            under = proposal_log_weights(model, chosen, known_after, torch.tensor(label))
+            print(f"{mask} mask, image {index} ({names[label]}): one round of {per_round} engine proposals: ESS {ess_before:.1f} "
+                  f"({before:.1f} s); now {report.line} ({time.perf_counter() - started:.1f} s), "
+                  f"{len(set(map(tuple, chosen.tolist())))} distinct of {args.n}; known pixels after the hole: "
+                  f"{-under.mean().item() / after / math.log(2):.3f} bits/dim under the completions (mean), "
+                  f"{-original.item() / after / math.log(2):.3f} under the original")
     sys.stdout.flush()
 
 

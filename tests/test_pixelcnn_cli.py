@@ -24,7 +24,7 @@ from arcli.models.pixelcnn import PixelCNN, PixelCNNConfig
 from arcli.models.wavenet import WaveNet, WaveNetConfig
 from arcli.registry import get_family
 from arcli.tasks import TrainRequest
-from arcli.tasks.image import MASKS, MAX_PROPOSALS, context, proposal_log_weights, resample, smc_proposals, systematic_resample
+from arcli.tasks.image import MASKS, MAX_PROPOSALS, context, distinct_ess, proposal_log_weights, resample, smc_proposals, systematic_resample
 
 SIZE = 6  # 6x6 grey images
 TINY = {"hidden": 12, "layers": 2, "kernel": 3, "first_kernel": 3}
@@ -378,6 +378,13 @@ def test_smc_estimates_the_likelihood_of_the_known_pixels_after_one_hidden_pixel
     _, log_w, resamplings = smc_proposals(model, values, known, 14, 0, 4000, torch.Generator().manual_seed(1))
     estimate = torch.logsumexp(log_w, 0) - math.log(4000)
     assert float(estimate) == pytest.approx(float(exact), abs=0.05)
+
+
+def test_the_effective_sample_size_counts_copies_once():
+    hidden = torch.tensor([[1, 2], [1, 2], [3, 4], [5, 6]])
+    weights = torch.tensor([0.25, 0.25, 0.25, 0.25])
+    assert distinct_ess(hidden, weights) == pytest.approx(1 / (0.5**2 + 0.25**2 + 0.25**2))  # 2.67, not 4
+    assert distinct_ess(hidden[:2], weights[:2]) == pytest.approx(1.0)
 
 
 def test_systematic_resampling_repeats_only_what_the_weights_demand():

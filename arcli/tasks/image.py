@@ -647,7 +647,7 @@ class Completer:
     p(c) p(known before the hole | c) p(known after the hole | proposal, c) / K_c, so the weights of a
     class sum to p(c) times the importance estimate of p(known | c), and the pooled, normalised
     weights are the posterior over (class, completion) pairs. Rounds go on until the effective
-    sample size reaches the number of completions asked for, or MAX_PROPOSALS are drawn; classes whose
+    sample size, counted over distinct completions (`distinct_ess`), reaches the number of completions asked for, or MAX_PROPOSALS are drawn; classes whose
     posterior falls under CLASS_FLOOR get no more proposals. Completions are then picked by
     systematic resampling, which repeats a proposal only as often as its weight demands.
     """
@@ -764,7 +764,7 @@ class Completer:
             counts = torch.tensor(drawn, dtype=torch.float64)
             log_w = torch.cat(pool_logw) + log_before[slots] + log_prior - counts[slots].log()
             weights = torch.softmax(log_w, 0)
-            ess = float(1.0 / (weights**2).sum())
+            ess = distinct_ess(torch.cat(pool_tokens)[:, ~self.known], weights)
             total = int(counts.sum())
             class_mass = torch.zeros(len(classes), dtype=torch.float64).index_add_(0, slots, weights)
             if ess >= self.count or total >= MAX_PROPOSALS:
@@ -857,6 +857,15 @@ def resample(log_weights: torch.Tensor, count: int, generator: torch.Generator) 
     and the effective sample size (sum w)^2 / sum w^2, between 1 and K."""
     weights = torch.softmax(log_weights.double(), 0)
     return torch.multinomial(weights, count, replacement=True, generator=generator), float(1.0 / (weights**2).sum())
+
+
+def distinct_ess(hidden_tokens: torch.Tensor, weights: torch.Tensor) -> float:
+    """The effective sample size (sum w)^2 / sum w^2 of weighted completions, counted over distinct
+    completions (`hidden_tokens` (K, H): the hidden sub-pixels of each): proposals that are copies of
+    one another (resampling duplicates particles) pool their weight, so K copies count once."""
+    _, group = torch.unique(hidden_tokens, dim=0, return_inverse=True)
+    pooled = torch.zeros(int(group.max()) + 1, dtype=torch.float64).index_add_(0, group, weights.double())
+    return float(pooled.sum() ** 2 / (pooled**2).sum())
 
 
 def systematic_resample(weights: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:

@@ -780,7 +780,8 @@ class Completer:
         smc = f", {resamplings} row resamplings" if self.smc else ""
         parts.append(f"effective sample size {ess:.1f} of {total} proposals ({rounds} round{'s' if rounds > 1 else ''}{smc})")
         if ess < self.count:
-            repeats = self.count - len(set(picks.tolist()))
+            chosen = torch.cat(pool_tokens)[picks][:, ~self.known]
+            repeats = self.count - len(torch.unique(chosen, dim=0))  # by content: resampled particles can be copies
             parts.append(f"below the {self.count} completions asked for at the cap of {MAX_PROPOSALS} proposals: few proposals "
                          f"fit the known pixels after the hole, so {repeats} completion(s) repeat another")
         report.line = "; ".join(parts)

@@ -117,6 +117,7 @@ def checkpoints_dir() -> Path:
 
 _BUILTIN = {
     "wavenet": "arcli.tasks.audio:WAVENET",
+    "wavenet-vocoder": "arcli.tasks.audio:WAVENET_VOCODER",
     "pixelcnn": "arcli.tasks.image:PIXELCNN",
     "transformer": "arcli.tasks.translation:TRANSFORMER",
     "rnn-attention": "arcli.tasks.translation:RNN_ATTENTION",

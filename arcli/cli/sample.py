@@ -23,6 +23,9 @@ def sample(
     label: Annotated[int | None, typer.Option(help="Images: class label of a conditional model.")] = None,
     prompt: Annotated[str | None, typer.Option(help="Text: the start of the text to continue.")] = None,
     spectrogram: Annotated[Path | None, typer.Option(help="Audio: also draw the spectrogram to this PNG.")] = None,
+    mel_from: Annotated[Path | None, typer.Option(
+        help="Vocoder: resynthesise this clip (wav/flac/ogg) from its log-mel frames, or take frames from a .npy (frames x mels)."
+    )] = None,
     checkpoint: opt.Checkpoint = None,
     device: opt.Device = opt.DeviceChoice.auto,
     threads: opt.Threads = None,
@@ -48,7 +51,7 @@ def sample(
     update, close = progress_bar(loaded.family.task.progress_unit, quiet)
     request = SampleRequest(
         output=output, count=count, decoding=decoding, seconds=seconds, speaker=speaker, label=label,
-        prompt=prompt, spectrogram=spectrogram, force=force, progress=update,
+        prompt=prompt, spectrogram=spectrogram, mel_from=mel_from, force=force, progress=update,
     )
     try:
         loaded.family.task.sample(loaded, request)

@@ -11,12 +11,24 @@ Shift convention: the network's input at position t is x_{t-1} (a zero vector at
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from arcli.audio.features import interpolation
 from arcli.errors import OptionError
+
+
+class LocalCondition(NamedTuple):
+    """The condition of a locally conditioned WaveNet (the vocoder): feature frames and where the
+    sequence starts in them. Sample t of row b sits at position offsets[b] + t of the frames'
+    timeline (frame f centred on position f * hop; linear interpolation between frames)."""
+
+    frames: Tensor  # (B, F, cond_channels), e.g. log-mel frames
+    offsets: Tensor | None = None  # (B,) long: the first sample's position; None = 0
+    speakers: Tensor | None = None  # (B,) speaker ids of a model with speakers, else None
 
 # -------------------------------------------------------------------------------------------------
 # building blocks
@@ -33,13 +45,16 @@ class ResidualBlock(nn.Module):
         self.conv = nn.Conv1d(R, 2 * D, kernel_size=2, dilation=dilation)
         # Global conditioning: a per-speaker bias on the filter and gate pre-activations.
         self.speaker = nn.Embedding(config.num_speakers, 2 * D) if config.num_speakers else None
+        # Local conditioning: the upsampled feature vector's share of the filter and gate pre-activations.
+        self.local = nn.Linear(config.cond_hidden, 2 * D, bias=False) if config.cond_channels else None
         # No bias: a constant on the residual stream is absorbed by the next conv's bias (all but
         # the zero padding before the start). The last block's residual output goes unused.
         self.residual = nn.Conv1d(D, R, kernel_size=1, bias=False)
         self.skip = nn.Conv1d(D, S, kernel_size=1)
 
-    def forward(self, x: Tensor, speaker: Tensor | None) -> tuple[Tensor, Tensor]:
-        """x: (B, T, R), speaker: (B,) or None -> next block's input (B, T, R), skip (B, T, S).
+    def forward(self, x: Tensor, speaker: Tensor | None, local: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x: (B, T, R), speaker: (B,) or None, local: (B, T, cond_hidden) or None -> next block's
+        input (B, T, R), skip (B, T, S).
 
         Time-major, with matrix products rather than Conv1d calls: on a CPU, PyTorch runs 1x1 and
         kernel-2 dilated Conv1d through im2col copies. Measured on 2 cores, a training step of the
@@ -52,6 +67,8 @@ class ResidualBlock(nn.Module):
             a = torch.cat([a[:, :d], a[:, d:] + F.linear(x[:, : T - d], weight[:, :, 0])], 1)
         if self.speaker is not None:
             a = a + self.speaker(speaker).unsqueeze(1)  # (B, 1, 2D)
+        if self.local is not None:
+            a = a + self.local(local)  # (B, T, 2D)
         filt, gate = a.chunk(2, dim=-1)  # (B, T, D) each
         z = torch.tanh(filt) * torch.sigmoid(gate)
         return x + F.linear(z, self.residual.weight[:, :, 0]), F.linear(z, self.skip.weight[:, :, 0], self.skip.bias)
@@ -90,6 +107,9 @@ class WaveNetConfig:
     stacks: int = 2  # receptive field 2047 samples = 128 ms at 16 kHz
     num_speakers: int = 0  # 0 = unconditional; >0 = global conditioning on a speaker id
     sample_rate: int = 16000  # the data's rate; informational (receptive field in ms)
+    cond_channels: int = 0  # 0 = no local conditioning; else feature size per frame (80 log-mel bins)
+    cond_hidden: int = 64  # width of the conditioning network (two kernel-3 convolutions over frames)
+    cond_hop: int = 200  # samples per feature frame (12.5 ms at 16 kHz)
 
     def __post_init__(self) -> None:
         for name in ("quantization_channels", "residual_channels", "dilation_channels", "skip_channels",
@@ -98,6 +118,15 @@ class WaveNetConfig:
                 raise ValueError(f"WaveNetConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_speakers < 0:
             raise ValueError(f"WaveNetConfig.num_speakers must be >= 0, got {self.num_speakers}")
+        if self.cond_channels < 0 or self.cond_hidden < 1 or self.cond_hop < 1:
+            raise ValueError("WaveNetConfig.cond_channels must be >= 0, cond_hidden and cond_hop >= 1")
+
+
+@dataclass
+class VocoderConfig(WaveNetConfig):
+    """The WaveNet vocoder: locally conditioned on 80 log-mel bins every 200 samples (12.5 ms at 16 kHz)."""
+
+    cond_channels: int = 80
 
 
 # -------------------------------------------------------------------------------------------------
@@ -118,6 +147,12 @@ class WaveNet(nn.Module):
         self.blocks = nn.ModuleList(
             ResidualBlock(config, dilation=2**i) for _ in range(config.stacks) for i in range(config.layers_per_stack)
         )
+        self.cond_net = None
+        if config.cond_channels:  # frames -> features at frame rate, seeing a frame either side per layer
+            H = config.cond_hidden
+            self.cond_net = nn.Sequential(
+                nn.Conv1d(config.cond_channels, H, 3, padding=1), nn.Tanh(), nn.Conv1d(H, H, 3, padding=1), nn.Tanh()
+            )
         self.head = nn.Sequential(
             nn.ReLU(),
             nn.Conv1d(config.skip_channels, config.end_channels, kernel_size=1),
@@ -134,14 +169,42 @@ class WaveNet(nn.Module):
         """tokens: (B, T) mu-law codes, condition: speaker ids (B,) or None -> logits (B, T, V);
         logits[:, t] predict tokens[:, t] from tokens[:, :t]."""
         B, T = tokens.shape
+        frames, offsets, condition = self._local(condition, B)
         speaker = self._speakers(condition, B)
+        local = None
+        if frames is not None:  # the conditioning network at frame rate, then linear interpolation to samples
+            hidden = self.cond_net(frames.transpose(1, 2)).transpose(1, 2)  # (B, F, H)
+            positions = offsets[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
+            below, above, fraction = interpolation(positions, self.config.cond_hop, hidden.shape[1])
+            pick = lambda index: torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[2]))  # noqa: E731
+            local = torch.lerp(pick(below), pick(above), fraction[..., None].to(hidden.dtype))  # (B, T, H)
         x = F.pad(self.embed(tokens[:, :-1]), (0, 0, 1, 0))  # (B, T, R): x_{t-1} at t, "nothing" (zeros) at t = 0
         skip = 0
         for block in self.blocks:
-            x, s = block(x, speaker)
+            x, s = block(x, speaker, local)
             skip = skip + s  # (B, T, S)
         _, hidden, _, out = self.head
         return F.linear(F.relu(F.linear(F.relu(skip), hidden.weight[:, :, 0], hidden.bias)), out.weight[:, :, 0], out.bias)  # (B, T, V)
+
+    def _local(self, condition: object, batch_size: int) -> tuple[Tensor | None, Tensor | None, object]:
+        """Split a LocalCondition -> (frames (B, F, C), offsets (B,), the speaker part); a model
+        without local conditioning passes `condition` through."""
+        if not self.config.cond_channels:
+            if isinstance(condition, LocalCondition):
+                raise OptionError("this WaveNet is not locally conditioned: it takes no feature frames")
+            return None, None, condition
+        if not isinstance(condition, LocalCondition):
+            raise OptionError(f"this WaveNet is conditioned on feature frames ({self.config.cond_channels} per frame): give them")
+        frames = torch.as_tensor(condition.frames, device=self.embed.weight.device)
+        if frames.dim() == 2:
+            frames = frames.unsqueeze(0).expand(batch_size, -1, -1)
+        if frames.dim() != 3 or frames.shape[0] != batch_size or frames.shape[2] != self.config.cond_channels or frames.shape[1] < 1:
+            raise OptionError(
+                f"expected feature frames of shape ({batch_size}, frames, {self.config.cond_channels}), got {tuple(frames.shape)}"
+            )
+        offsets = condition.offsets
+        offsets = torch.zeros(batch_size, dtype=torch.long, device=frames.device) if offsets is None else offsets.to(frames.device).long()
+        return frames.to(self.embed.weight.dtype), offsets, condition.speakers
 
     def _speakers(self, condition: object, batch_size: int) -> Tensor | None:
         """Check `condition` -> speaker ids (B,) on the model's device, or None (unconditional)."""
@@ -170,19 +233,28 @@ class WaveNet(nn.Module):
         """Fresh state for `batch_size` rows: zero queues, as the convolutions' zero padding."""
         if batch_size < 1:
             raise OptionError(f"batch_size must be >= 1, got {batch_size}")
+        frames, offsets, condition = self._local(condition, batch_size)
         speaker = self._speakers(condition, batch_size)
         weights = _StepWeights(self)  # from the parameters as they are now
         bias = weights.bias[:, None, :].expand(-1, batch_size, -1)  # (L, B, 2D+R)
         if speaker is not None:
             bias = bias + weights.speaker[:, speaker]  # (L, B, 2D+R)
         queue = weights.first.new_zeros(weights.queue_length, batch_size, self.config.residual_channels)
-        return _new_state(queue, bias.contiguous(), 0, weights)
+        local = None
+        if frames is not None:
+            if bool((offsets != offsets[0]).any()):
+                raise OptionError("step-by-step generation needs every row to start at the same position of its frames")
+            hidden = self.cond_net(frames.transpose(1, 2)).permute(2, 0, 1).contiguous()  # (F, B, H)
+            local = _LocalStep(hidden, weights.local, int(offsets[0]), self.config.cond_hop, bias.clone())  # not the stepped buffer
+        return _new_state(queue, bias.contiguous(), 0, weights, local)
 
     @torch.inference_mode()
     def step(self, state: "WaveNetState", tokens: Tensor | None) -> tuple[Tensor, "WaveNetState"]:
         """tokens: (B,) the previous sample of each row, None at the first step -> logits of the
         next sample (B, V), and the state (updated in place)."""
         w, s = state.weights, state.scratch
+        if state.local is not None:  # this sample's conditioning: the bias of every layer, interpolated
+            state.local.update(state.position, state.bias)
         slots = w.slots[state.position % w.period]  # (L,) queue rows holding x_{t-dilation}
         torch.index_select(state.queue, 0, slots, out=s.past)  # every layer's x_{t-dilation}
         if tokens is None:  # "nothing" (zeros) before x_0, as in forward
@@ -213,7 +285,8 @@ class WaveNet(nn.Module):
         index = index.to(state.queue.device)
         if index.dim() != 1 or index.numel() == 0:
             raise ValueError(f"reorder index must be a non-empty 1-d tensor, got shape {tuple(index.shape)}")
-        return _new_state(state.queue.index_select(1, index), state.bias.index_select(1, index), state.position, state.weights)
+        local = None if state.local is None else state.local.reorder(index)
+        return _new_state(state.queue.index_select(1, index), state.bias.index_select(1, index), state.position, state.weights, local)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -230,10 +303,40 @@ class WaveNetState:
     position: int  # tokens consumed so far (the initial None counts as one)
     weights: "_StepWeights"
     scratch: "_Scratch"
+    local: "_LocalStep | None" = None  # local conditioning: rewrites `bias` before every step
 
 
-def _new_state(queue: Tensor, bias: Tensor, position: int, weights: "_StepWeights") -> WaveNetState:
-    return WaveNetState(queue, bias, position, weights, _Scratch(weights, bias))
+def _new_state(queue: Tensor, bias: Tensor, position: int, weights: "_StepWeights", local: "_LocalStep | None" = None) -> WaveNetState:
+    return WaveNetState(queue, bias, position, weights, _Scratch(weights, bias), local)
+
+
+class _LocalStep:
+    """Local conditioning for steps. The conditioning network's output at frame rate, hidden (F, B, H),
+    is projected to every layer's pre-activations only when a step enters a new frame (two
+    matmuls per `hop` samples): base = static bias + P(frame f), diff = P(f + 1) - P(f); each step
+    then writes bias = base + fraction * diff, the same linear interpolation as `forward`."""
+
+    def __init__(self, hidden: Tensor, weight: Tensor, offset: int, hop: int, static: Tensor):
+        self.hidden, self.weight, self.offset, self.hop, self.static = hidden, weight, offset, hop, static
+        self.frame = -1
+        self.base = self.diff = None
+
+    def update(self, position: int, out: Tensor) -> None:
+        frames, t = self.hidden.shape[0], self.offset + position
+        frame, fraction = t // self.hop, (t % self.hop) / self.hop
+        if frame >= frames - 1:
+            frame, fraction = frames - 1, 0.0
+        if frame != self.frame:
+            L, B, width = self.static.shape
+            project = lambda h: (h @ self.weight).view(B, L, width).transpose(0, 1)  # noqa: E731
+            now = self.hidden[frame]
+            self.base = self.static + project(now)
+            self.diff = project(self.hidden[min(frame + 1, frames - 1)] - now)
+            self.frame = frame
+        torch.add(self.base, self.diff, alpha=fraction, out=out)
+
+    def reorder(self, index: Tensor) -> "_LocalStep":
+        return _LocalStep(self.hidden.index_select(1, index), self.weight, self.offset, self.hop, self.static.index_select(1, index))
 
 
 class _StepWeights:
@@ -270,6 +373,9 @@ class _StepWeights:
         self.speaker = (  # (L, speakers, 2D+R)
             torch.stack([F.pad(b.speaker.weight.detach() * scale, (0, R)) for b in blocks]) if model.config.num_speakers else None
         )
+        self.local = None
+        if model.config.cond_channels:  # (H, L*(2D+R)): conditioning features -> every layer's [a | x] bias
+            self.local = torch.cat([F.pad(b.local.weight.detach().t() * scale, (0, R)) for b in blocks], 1)
         self.skip = torch.cat([b.skip.weight[:, :, 0].detach().t() * 0.5 for b in blocks])  # (L*D, S)
         self.skip_bias = torch.stack([b.skip.bias.detach() for b in blocks]).sum(0)  # (S,)
         hidden, out = model.head[1], model.head[3]

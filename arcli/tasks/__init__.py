@@ -90,6 +90,7 @@ class SampleRequest:
     label: int | None = None  # images, class-conditional models
     prompt: str | None = None  # text
     spectrogram: Path | None = None  # audio: also draw the result
+    mel_from: Path | None = None  # vocoder: a clip to resynthesise, or a .npy of feature frames
     force: bool = False  # overwrite existing output files
     progress: Callable[[int, int], None] | None = None
 

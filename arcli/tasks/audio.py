@@ -27,15 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from arcli.audio.features import MelSpec, log_mel, samples_for
 from arcli.audio.io import find_audio_files, load_audio, write_spectrogram_png, write_wav
 from arcli.audio.mulaw import mu_law_decode, mu_law_encode
 from arcli.decoding import Sample, generate
 from arcli.errors import DataError, OptionError
-from arcli.models.wavenet import WaveNet, WaveNetConfig
+from arcli.models.wavenet import LocalCondition, VocoderConfig, WaveNet, WaveNetConfig
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
 from arcli.tasks import LN2, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
@@ -53,12 +55,30 @@ class Clip:
     path: Path
     codes: torch.Tensor  # (T,) mu-law codes, uint8 when they fit
     speaker: int | None  # speaker id of a conditional model
+    frames: torch.Tensor | None = None  # (F, C) feature frames of a locally conditioned model (log-mel)
 
 
 class AudioBatch(NamedTuple):
     tokens: torch.Tensor  # (B, T) mu-law codes, zero-padded on the right
     counted: torch.Tensor  # (B, T) bool: positions that enter the loss (see the module docstring)
     speakers: torch.Tensor | None  # (B,) speaker ids, None for an unconditional model
+    frames: torch.Tensor | None = None  # (B, F, C) feature frames (right-padded), locally conditioned models
+    offsets: torch.Tensor | None = None  # (B,) where each row's first sample sits in its frames' timeline
+
+
+def mel_spec(config: WaveNetConfig) -> MelSpec | None:
+    """The log-mel frames a locally conditioned WaveNet reads, from its config; None without."""
+    if not config.cond_channels:
+        return None
+    return MelSpec(sample_rate=config.sample_rate, n_mels=config.cond_channels, hop=config.cond_hop)
+
+
+def frame_slice(frames: torch.Tensor, start: int, length: int, hop: int) -> tuple[torch.Tensor, int]:
+    """The frames that samples start .. start+length-1 interpolate between, and the first sample's
+    position in them (as LocalCondition's offset)."""
+    first = start // hop
+    last = min(len(frames), (start + length - 1) // hop + 2)
+    return frames[first:last], start - first * hop
 
 
 def crop_length(receptive_field: int) -> int:
@@ -81,8 +101,10 @@ def windows(length: int, crop: int, receptive_field: int) -> list[tuple[int, int
     return spans
 
 
-def make_batch(pieces: list[tuple[torch.Tensor, int]], speakers: list[int | None]) -> AudioBatch:
-    """Right-pad (codes, first counted position) pieces into one batch."""
+def make_batch(pieces: list[tuple[torch.Tensor, int]], speakers: list[int | None],
+               frames: list[tuple[torch.Tensor, int]] | None = None) -> AudioBatch:
+    """Right-pad (codes, first counted position) pieces into one batch, with their (frames, offset)
+    for a locally conditioned model (frames padded by repeating the last one)."""
     length = max(len(codes) for codes, _ in pieces)
     tokens = torch.zeros(len(pieces), length, dtype=torch.long)
     counted = torch.zeros(len(pieces), length, dtype=torch.bool)
@@ -90,16 +112,20 @@ def make_batch(pieces: list[tuple[torch.Tensor, int]], speakers: list[int | None
         tokens[row, : len(codes)] = codes
         counted[row, first : len(codes)] = True
     ids = None if speakers[0] is None else torch.tensor(speakers, dtype=torch.long)
-    return AudioBatch(tokens, counted, ids)
+    if frames is None:
+        return AudioBatch(tokens, counted, ids)
+    most = max(len(f) for f, _ in frames)
+    padded = torch.stack([torch.cat([f, f[-1:].expand(most - len(f), -1)]) for f, _ in frames])
+    return AudioBatch(tokens, counted, ids, padded, torch.tensor([offset for _, offset in frames], dtype=torch.long))
 
 
 class CropData:
     """Random crops of the training clips (from the given generator only); fixed crops covering
     every held-out sample once."""
 
-    def __init__(self, train: list[Clip], valid: list[Clip], crop: int, receptive_field: int):
+    def __init__(self, train: list[Clip], valid: list[Clip], crop: int, receptive_field: int, hop: int = 0):
         self.train, self.valid = train, valid
-        self.crop, self.receptive_field = crop, receptive_field
+        self.crop, self.receptive_field, self.hop = crop, receptive_field, hop  # hop: of the clips' frames, if any
         self.lengths = [len(clip.codes) for clip in train]
         self.weights = torch.tensor(self.lengths, dtype=torch.float64)
 
@@ -108,7 +134,7 @@ class CropData:
         picks = torch.multinomial(self.weights.to(device), batch_size, replacement=True, generator=generator)
         uniforms = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
         crop, rf = self.crop, self.receptive_field
-        pieces, speakers = [], []
+        pieces, speakers, frames = [], [], []
         for index, u in zip(picks.tolist(), uniforms.tolist(), strict=True):
             clip, length = self.train[index], self.lengths[index]
             start = 0
@@ -118,24 +144,31 @@ class CropData:
                 start = max(0, int(u * (length - crop + 1 + rf)) - rf)
             pieces.append((clip.codes[start : start + crop].long(), 0 if start == 0 else rf))
             speakers.append(clip.speaker)
-        return make_batch(pieces, speakers)
+            if clip.frames is not None:
+                frames.append(frame_slice(clip.frames, start, crop, self.hop))
+        return make_batch(pieces, speakers, frames or None)
 
     def valid_batches(self, batch_size: int) -> Iterator[AudioBatch]:
-        pieces, speakers = [], []
+        pieces, speakers, frames = [], [], []
         for clip in self.valid:
             for start, first in windows(len(clip.codes), self.crop, self.receptive_field):
                 pieces.append((clip.codes[start : start + self.crop].long(), first))
                 speakers.append(clip.speaker)
+                if clip.frames is not None:
+                    frames.append(frame_slice(clip.frames, start, self.crop, self.hop))
         for begin in range(0, len(pieces), batch_size):
-            yield make_batch(pieces[begin : begin + batch_size], speakers[begin : begin + batch_size])
+            chunk = slice(begin, begin + batch_size)
+            yield make_batch(pieces[chunk], speakers[chunk], frames[chunk] or None)
 
 
 def sample_nats(model: torch.nn.Module, batch: AudioBatch) -> torch.Tensor:
     """-log p of every counted sample in nats, (B, T), zero elsewhere."""
     device = next(model.parameters()).device
     tokens = batch.tokens.to(device)
-    speakers = None if batch.speakers is None else batch.speakers.to(device)
-    logits = model(tokens, speakers)  # (B, T, V)
+    condition = None if batch.speakers is None else batch.speakers.to(device)
+    if batch.frames is not None:
+        condition = LocalCondition(batch.frames.to(device), batch.offsets.to(device), condition)
+    logits = model(tokens, condition)  # (B, T, V)
     nats = F.cross_entropy(logits.transpose(1, 2).float(), tokens, reduction="none")  # (B, T)
     return nats * batch.counted.to(device)
 
@@ -157,8 +190,13 @@ def _storable(codes: torch.Tensor, mu: int) -> torch.Tensor:
     return codes.to(torch.uint8 if mu <= 255 else torch.int32)
 
 
-def _load_clips(found: list[tuple[Path, int | None]], sample_rate: int, mu: int) -> list[Clip]:
-    return [Clip(path, _storable(mu_law_encode(load_audio(path, sample_rate), mu), mu), speaker) for path, speaker in found]
+def _load_clips(found: list[tuple[Path, int | None]], sample_rate: int, mu: int, spec: MelSpec | None = None) -> list[Clip]:
+    clips = []
+    for path, speaker in found:
+        audio = load_audio(path, sample_rate)
+        frames = None if spec is None else log_mel(audio, spec)
+        clips.append(Clip(path, _storable(mu_law_encode(audio, mu), mu), speaker, frames))
+    return clips
 
 
 def _listing(names: list[str], count: int) -> str:
@@ -189,6 +227,8 @@ class AudioTask(Task):
         if not 0 < request.valid_fraction < 1:
             raise ValueError(f"valid_fraction must lie in (0, 1), got {request.valid_fraction}")
         found = find_audio_files(request.data)
+        if config.cond_channels:  # a vocoder hears the voice in its frames: speaker sub-folders are only folders
+            found = [(path, None) for path, _ in found]
         names = sorted({label for _, label in found if label is not None})
         if names:
             unlabelled = [path for path, label in found if label is None]
@@ -213,6 +253,8 @@ class AudioTask(Task):
 
         if request.valid:
             held = find_audio_files(request.valid)
+            if config.cond_channels:
+                held = [(path, None) for path, _ in held]
             if names:
                 held = [(path, speaker_name(path, label, names)) for path, label in held]
                 strangers = [path for path, name in held if name is None]
@@ -226,8 +268,9 @@ class AudioTask(Task):
 
         mu = config.quantization_channels - 1
         rate = config.sample_rate
-        train = _load_clips([(path, speaker(label)) for path, label in train_files], rate, mu)
-        valid = _load_clips([(path, speaker(label)) for path, label in valid_files], rate, mu)
+        spec = mel_spec(config)
+        train = _load_clips([(path, speaker(label)) for path, label in train_files], rate, mu, spec)
+        valid = _load_clips([(path, speaker(label)) for path, label in valid_files], rate, mu, spec)
         rf = family.build(config).receptive_field
         _refuse_short(train + valid, rf, rate)
 
@@ -243,6 +286,8 @@ class AudioTask(Task):
             "valid_seconds": round(valid_samples / rate, 3),
             "crop": crop,
         }
+        if spec is not None:
+            meta["features"] = {"kind": "log-mel", **dataclasses.asdict(spec)}
         shown = ", ".join(names[:LISTED]) + (" ..." if len(names) > LISTED else "")
         who = f"{len(names)} speakers ({shown})" if names else "no speaker labels"
         print(
@@ -250,7 +295,7 @@ class AudioTask(Task):
             f"receptive field {rf} samples, training crops of {crop} samples",
             file=sys.stderr,
         )
-        return TrainingSetup(config=config, data=CropData(train, valid, crop, rf), data_meta=meta)
+        return TrainingSetup(config=config, data=CropData(train, valid, crop, rf, config.cond_hop), data_meta=meta)
 
     def loss(self, model: torch.nn.Module, batch: AudioBatch) -> LossOutput:
         nll = sample_nats(model, batch).sum()
@@ -269,11 +314,15 @@ class AudioTask(Task):
             raise OptionError(f"--max-length and --min-length do not apply to the audio model '{name}': give the length with --seconds")
         if decoding.nbest != 1:
             raise OptionError(f"--nbest does not apply to the audio model '{name}': ask for several samples with -n COUNT")
-        seconds = DEFAULT_SECONDS if request.seconds is None else request.seconds
+        rate = self._sample_rate(loaded)
+        frames, length = self._frames(loaded, request)  # (F, C) of a vocoder and the length they give, else None, 0
+        if frames is not None:
+            seconds = length / rate
+        else:
+            seconds = DEFAULT_SECONDS if request.seconds is None else request.seconds
+            length = round(seconds * rate)
         if not 0 < seconds <= MAX_SECONDS:
             raise OptionError(f"--seconds must be > 0 and at most {MAX_SECONDS:g}, got {seconds:g}")
-        rate = self._sample_rate(loaded)
-        length = round(seconds * rate)
         if length < 1:
             raise OptionError(f"--seconds {seconds:g} is less than one sample at {rate} Hz")
         outputs = _output_paths(request.output, request.count)
@@ -291,6 +340,8 @@ class AudioTask(Task):
         if isinstance(strategy, Sample) and decoding.seed is None:
             _note(f"seed {strategy.seed} (pass --seed {strategy.seed} to repeat this run)")
         condition = None if speaker is None else torch.full((request.count,), speaker, dtype=torch.long)
+        if frames is not None:
+            condition = LocalCondition(frames.expand(request.count, -1, -1), None, condition)
         started = time.perf_counter()
         rows = generate(
             loaded.model, strategy, max_length=length, batch_size=request.count, condition=condition, progress=request.progress
@@ -310,6 +361,38 @@ class AudioTask(Task):
         )
         if len(outputs) > 1:
             _note(f"wrote {outputs[0]} ... {outputs[-1]} ({len(outputs)} files)")
+
+    def _frames(self, loaded: Loaded, request: SampleRequest) -> tuple[torch.Tensor | None, int]:
+        """The feature frames (F, C) a vocoder resynthesises, from --mel-from, and the samples to
+        make: a clip's own length, or (F - 1) * hop for a .npy of frames. (None, 0) for other models."""
+        config = loaded.model.config
+        if not config.cond_channels:
+            if request.mel_from is not None:
+                raise OptionError(f"--mel-from is for a vocoder (wavenet-vocoder); '{loaded.family.name}' takes no frames")
+            return None, 0
+        if request.mel_from is None:
+            raise OptionError("a vocoder resynthesises audio from log-mel frames: give --mel-from CLIP.wav (or FRAMES.npy)")
+        if request.seconds is not None:
+            raise OptionError("--seconds does not apply to a vocoder: the length comes from --mel-from")
+        path = request.mel_from
+        if path.suffix.lower() == ".npy":
+            if not path.is_file():
+                raise OptionError(f"--mel-from: no such file: '{path}'")
+            try:
+                array = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as error:
+                raise DataError(f"--mel-from {path}: not a readable .npy array ({error})") from None
+            if array.ndim != 2 or array.shape[1] != config.cond_channels or len(array) < 2 or not np.issubdtype(array.dtype, np.number):
+                raise DataError(
+                    f"--mel-from {path}: expected frames x {config.cond_channels} log-mel values (at least 2 frames), "
+                    f"got an array of shape {array.shape}"
+                )
+            frames = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+            if not torch.isfinite(frames).all():
+                raise DataError(f"--mel-from {path}: the frames hold NaN or infinite values")
+            return frames, samples_for(len(frames), config.cond_hop)
+        audio = load_audio(path, self._sample_rate(loaded))
+        return log_mel(audio, mel_spec(config)), len(audio)
 
     def _sample_rate(self, loaded: Loaded) -> int:
         return int(loaded.checkpoint.data.get("sample_rate") or loaded.model.config.sample_rate)
@@ -341,7 +424,7 @@ class AudioTask(Task):
         mu = loaded.model.config.quantization_channels - 1
         found = find_audio_files(request.inputs)
         speakers, note = self._score_speakers(loaded, found)
-        clips = _load_clips(speakers, rate, mu)  # every file read before any work, or any note
+        clips = _load_clips(speakers, rate, mu, mel_spec(loaded.model.config))  # every file read before any work, or any note
         if note:
             _note(note)
         rf = loaded.model.receptive_field
@@ -384,8 +467,12 @@ class AudioTask(Task):
         spans = windows(len(clip.codes), crop, rf)
         nats = 0.0
         for begin in range(0, len(spans), batch_size):
-            pieces = [(clip.codes[start : start + crop].long(), first) for start, first in spans[begin : begin + batch_size]]
-            batch = make_batch(pieces, [clip.speaker] * len(pieces))
+            chosen = spans[begin : begin + batch_size]
+            pieces = [(clip.codes[start : start + crop].long(), first) for start, first in chosen]
+            frames = None
+            if clip.frames is not None:
+                frames = [frame_slice(clip.frames, start, crop, model.config.cond_hop) for start, _ in chosen]
+            batch = make_batch(pieces, [clip.speaker] * len(pieces), frames)
             nats += float(sample_nats(model, batch).double().sum())
         return nats
 
@@ -444,4 +531,14 @@ WAVENET = ModelFamily(
     model_class=WaveNet,
     task=AudioTask(),
     default_checkpoint="wavenet-speech.safetensors",
+)
+
+WAVENET_VOCODER = ModelFamily(
+    name="wavenet-vocoder",
+    modality="audio",
+    summary="WaveNet vocoder: raw audio from log-mel frames (local conditioning)",
+    config_class=VocoderConfig,
+    model_class=WaveNet,
+    task=AudioTask(),
+    default_checkpoint=None,  # none shipped yet
 )

@@ -224,7 +224,7 @@ class ImageTask(Task):
     def sample(self, loaded: Loaded, request: SampleRequest) -> None:
         name = loaded.family.name
         for option, value in (("--seconds", request.seconds), ("--speaker", request.speaker), ("--prompt", request.prompt),
-                              ("--spectrogram", request.spectrogram)):
+                              ("--spectrogram", request.spectrogram), ("--mel-from", request.mel_from)):
             if value is not None:
                 raise OptionError(f"{option} does not apply to the image model '{name}' (it takes -n COUNT and --label)")
         decoding = request.decoding

@@ -98,7 +98,8 @@ class TextTask(Task):
         return LossOutput(objective=nll / count, nll=nll.detach(), count=count)
 
     def sample(self, loaded: Loaded, request: SampleRequest) -> None:
-        for name, value in (("--seconds", request.seconds), ("--speaker", request.speaker), ("--label", request.label), ("--spectrogram", request.spectrogram)):
+        for name, value in (("--seconds", request.seconds), ("--speaker", request.speaker), ("--label", request.label), ("--spectrogram", request.spectrogram),
+                            ("--mel-from", request.mel_from)):
             if value is not None:
                 raise OptionError(f"{name} does not apply to the text model '{loaded.family.name}'")
         check_new(request.output, request.force)

@@ -27,6 +27,7 @@ wavenet64=(--set residual_channels=64 --set dilation_channels=64 --set skip_chan
 declare -A jobs=(
     [wavenet-2x10]="wavenet --data $speech/train --valid $speech/valid ${wavenet64[*]} --batch-size 16 --lr 2e-3 --warmup-steps 300"
     [wavenet-3x10]="wavenet --data $speech/train --valid $speech/valid ${wavenet64[*]} --set stacks=3 --batch-size 16 --lr 2e-3 --warmup-steps 300"
+    [wavenet-vocoder]="wavenet-vocoder --data $speech/train --valid $speech/valid --set layers_per_stack=10 --set stacks=1 --batch-size 16 --lr 2e-3 --warmup-steps 300"
     [transformer]="transformer --src $bible/train.en --tgt $bible/train.es --valid-src $bible/valid.en --valid-tgt $bible/valid.es --batch-size 128 --lr 1e-3 --warmup-steps 400"
     [rnn-attention]="rnn-attention --src $bible/train.en --tgt $bible/train.es --valid-src $bible/valid.en --valid-tgt $bible/valid.es --batch-size 128 --lr 1e-3 --warmup-steps 200"
 )

@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from arcli.audio.io import find_audio_files, load_audio, write_spectrogram_png, write_wav
+from arcli.audio.io import SPECTROGRAM_MARGINS, find_audio_files, load_audio, write_spectrogram_png, write_wav
 from arcli.errors import ArcliError, DataError
 
 
@@ -176,7 +176,8 @@ def test_spectrogram_puts_low_frequencies_at_the_bottom(tmp_path):
     sample_rate = 16000
     audio = torch.from_numpy(sine(2000, sample_rate, 0.5))
     write_spectrogram_png(tmp_path / "spec.png", audio, sample_rate)
-    image = np.asarray(Image.open(tmp_path / "spec.png").convert("L"), dtype=np.float64)
+    left, top, right, bottom = SPECTROGRAM_MARGINS  # the axes around the plot
+    image = np.asarray(Image.open(tmp_path / "spec.png").convert("L"), dtype=np.float64)[top:-bottom, left:-right]
     height, width = image.shape
     assert height == 257  # 512-point FFT at 16 kHz
     assert width == len(audio) // 128 + 1
@@ -187,4 +188,4 @@ def test_spectrogram_puts_low_frequencies_at_the_bottom(tmp_path):
 
 def test_spectrogram_of_a_very_short_clip(tmp_path):
     write_spectrogram_png(tmp_path / "short.png", torch.zeros(10), 16000)
-    assert Image.open(tmp_path / "short.png").size[1] == 257
+    assert Image.open(tmp_path / "short.png").size[1] == 257 + SPECTROGRAM_MARGINS[1] + SPECTROGRAM_MARGINS[3]

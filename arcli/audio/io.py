@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from arcli.errors import ArcliError, DataError
 from arcli.outputs import atomic_path
@@ -142,9 +142,42 @@ def _palette(levels: int = 256) -> np.ndarray:
     return colours.round().astype(np.uint8)
 
 
+SPECTROGRAM_MARGINS = (44, 18, 8, 22)  # left, top, right, bottom: where the axes and their labels go
+
+
+def _with_axes(plot: Image.Image, sample_rate: int, hop: int) -> Image.Image:
+    """The spectrogram on a white canvas with a frequency axis (kHz, left) and a time axis (seconds,
+    bottom), ticks at round values: pixel x of the plot is frame x, centred at x * hop samples."""
+    left, top, right, bottom = SPECTROGRAM_MARGINS
+    width, height = plot.size
+    canvas = Image.new("RGB", (left + width + right, top + height + bottom), "white")
+    canvas.paste(plot, (left, top))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    nyquist_khz = sample_rate / 2000
+    khz_step = next(step for step in (0.5, 1, 2, 4, 5, 10, 20, 50) if nyquist_khz / step <= 8)
+    k = 0.0
+    while k <= nyquist_khz + 1e-9:
+        y = top + round((height - 1) * (1 - k / nyquist_khz))
+        draw.line([(left - 4, y), (left - 1, y)], fill="black")
+        draw.text((2, y - 5), f"{k:g}", fill="black", font=font)
+        k += khz_step
+    draw.text((2, 0), "kHz", fill="black", font=font)
+    seconds = (width - 1) * hop / sample_rate
+    time_step = next((step for step in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60, 120) if seconds / step <= 10), 300)
+    t = 0.0
+    while t <= seconds + 1e-9:
+        x = left + round(t * sample_rate / hop)
+        draw.line([(x, top + height), (x, top + height + 3)], fill="black")
+        draw.text((x - 6, top + height + 5), f"{t:g}", fill="black", font=font)
+        t += time_step
+    draw.text((left + width - 4, top + height + 5), "s", fill="black", font=font)
+    return canvas
+
+
 def write_spectrogram_png(path: str | Path, audio: torch.Tensor, sample_rate: int) -> None:
     """Draw a log-magnitude spectrogram of audio (T,) as a PNG: time left to right, frequency
-    (0 to sample_rate / 2) bottom to top, the top 80 dB mapped from dark to bright."""
+    (0 to sample_rate / 2) bottom to top, the top 80 dB mapped from dark to bright, with a frequency
+    axis in kHz and a time axis in seconds around it (SPECTROGRAM_MARGINS)."""
     if audio.dim() != 1 or audio.numel() == 0:
         raise ValueError(f"audio must have shape (T,) with T > 0, got {tuple(audio.shape)}")
     n_fft = 2 ** math.ceil(math.log2(0.032 * sample_rate))  # ~32 ms windows: 512 at 16 kHz
@@ -159,7 +192,7 @@ def write_spectrogram_png(path: str | Path, audio: torch.Tensor, sample_rate: in
     floor = decibels.max() - _DYNAMIC_RANGE_DB
     level = ((decibels - floor) / _DYNAMIC_RANGE_DB).clamp(0, 1)
     indices = (level * 255).round().to(torch.uint8).flip(0).numpy()  # row 0 = highest frequency
-    image = Image.fromarray(_palette()[indices])  # RGB from (H, W, 3) uint8
+    image = _with_axes(Image.fromarray(_palette()[indices]), sample_rate, hop)  # RGB from (H, W, 3) uint8
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     _write_atomic(path, buffer.getvalue())

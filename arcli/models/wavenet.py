@@ -124,9 +124,11 @@ class WaveNetConfig:
 
 @dataclass
 class VocoderConfig(WaveNetConfig):
-    """The WaveNet vocoder: locally conditioned on 80 log-mel bins every 200 samples (12.5 ms at 16 kHz)."""
+    """The WaveNet vocoder: locally conditioned on 80 log-mel bins every 200 samples (12.5 ms at 16 kHz).
+    One stack of 10 layers (receptive field 1024 samples, 64 ms) suffices: the frames carry the context."""
 
     cond_channels: int = 80
+    stacks: int = 1
 
 
 # -------------------------------------------------------------------------------------------------

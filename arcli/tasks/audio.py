@@ -219,6 +219,8 @@ class AudioTask(Task):
             "quantisation": f"{config.quantization_channels} mu-law levels (mu = {config.quantization_channels - 1})",
             "speakers": str(config.num_speakers) if config.num_speakers else "none (unconditional)",
             "training crop": f"{crop_length(rf)} samples",
+            **({"conditioning": f"{config.cond_channels} log-mel bins every {config.cond_hop} samples "
+                f"({1000 * config.cond_hop / rate:g} ms), linearly interpolated"} if config.cond_channels else {}),
         }
 
     # --- training --------------------------------------------------------------------------------

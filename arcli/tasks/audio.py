@@ -542,5 +542,5 @@ WAVENET_VOCODER = ModelFamily(
     config_class=VocoderConfig,
     model_class=WaveNet,
     task=AudioTask(),
-    default_checkpoint=None,  # none shipped yet
+    default_checkpoint="wavenet-vocoder-speech.safetensors",
 )

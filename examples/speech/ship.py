@@ -1,4 +1,4 @@
-"""Write the float16 copy of a trained WaveNet that ships in checkpoints/ (half the file size).
+"""Write the float16 copy of a trained model (WaveNet, the vocoder, any family) that ships in checkpoints/ (half the file size).
 
     python examples/speech/ship.py TRAINED.safetensors checkpoints/wavenet-speech.safetensors [--force]
 
@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.out.exists() and not args.force:
         sys.exit(f"error: {args.out} exists; add --force to replace it")
-    stored = read_checkpoint(args.checkpoint, expected_model="wavenet")
+    stored = read_checkpoint(args.checkpoint)  # any family: wavenet, wavenet-vocoder ...
     save_checkpoint(args.out, stored.model_name, stored.config, stored.tensors, data=stored.data, tokenizer=stored.tokenizer,
                     training=stored.training, metrics=stored.metrics, dtype=torch.float16)
     print(f"wrote {args.out} (float16)")

@@ -24,7 +24,8 @@ from arcli.models.pixelcnn import PixelCNN, PixelCNNConfig
 from arcli.models.wavenet import WaveNet, WaveNetConfig
 from arcli.registry import get_family
 from arcli.tasks import TrainRequest
-from arcli.tasks.image import MASKS, MAX_PROPOSALS, context, distinct_ess, proposal_log_weights, resample, smc_proposals, systematic_resample
+from arcli.tasks.completion import MASKS, MAX_PROPOSALS, distinct_ess, proposal_log_weights, resample, smc_proposals, systematic_resample
+from arcli.tasks.image import context
 
 SIZE = 6  # 6x6 grey images
 TINY = {"hidden": 12, "layers": 2, "kernel": 3, "first_kernel": 3}

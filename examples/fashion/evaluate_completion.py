@@ -26,7 +26,7 @@ from arcli.image import pixels_to_tokens
 from arcli.image.io import load_images
 from arcli.registry import get_family
 from arcli.tasks import Decoding
-from arcli.tasks.image import Completer, _mask, proposal_log_weights, token_nats
+from arcli.tasks.completion import Completer, mask_pixels, proposal_log_weights, token_nats
 
 DATA = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 
@@ -59,7 +59,7 @@ def main() -> None:
     log_known = torch.zeros(count, classes, dtype=torch.float64)
     with torch.inference_mode():
         for start in range(0, count, 50):
-            batch = tokens[start : start + 50] * known  # the hidden half zeroed: never seen
+            batch = tokens[start : min(start + 50, count)] * known  # the hidden half zeroed: never seen
             for c in range(classes):
                 nats = token_nats(model, batch, torch.full((len(batch),), c)).double()
                 log_known[start : start + len(batch), c] = -(nats * known).sum(1)
@@ -81,7 +81,7 @@ def main() -> None:
     decoding = Decoding(strategy="sample", seed=args.seed)
     per_round = max(4 * args.n, 16)
     for mask in args.masks:
-        hidden = torch.from_numpy(_mask(mask, (config.height, config.width), args.seed).reshape(-1)).repeat_interleave(config.channels)
+        hidden = torch.from_numpy(mask_pixels(mask, (config.height, config.width), args.seed).reshape(-1)).repeat_interleave(config.channels)
         known_after = ~hidden & (torch.arange(T) > int(hidden.nonzero()[0]))
         completer = Completer(model, decoding, args.seed, T, ~hidden, ~hidden & ~known_after, known_after, classes, names,
                               args.n, None, 1)

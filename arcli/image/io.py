@@ -12,6 +12,9 @@ first-level sub-folder (`shoes/boot/1.png` -> "boot"); an IDX images file
 `X-images-idx3-ubyte[.gz]` takes its labels from `X-labels-idx1-ubyte[.gz]` beside it, when there
 is one (labels are the numbers as strings, "0" .. "9"). Other images are unlabelled.
 
+Binary images: an .npy or IDX file whose values are all 0 or 1 (or an .npy of booleans) holds
+black-and-white images, read as 0 and 255.
+
 Writes are atomic (a temp file beside the target, then a rename) or go to stdout for "-".
 """
 
@@ -260,7 +263,7 @@ def _read_idx_images(path: Path) -> _Block:
             f"'{path}' holds {array.dtype.name} values of shape {array.shape}, not images: "
             "arcli reads uint8 IDX images (N, H, W) or (N, H, W, C) with C = 1 or 3"
         )
-    pixels = array[..., None] if array.ndim == 3 else array
+    pixels = _binary_as_bytes(array[..., None] if array.ndim == 3 else array)
     labels: list[str | None] = [None] * len(pixels)
     labels_path = idx_labels_path(path)
     if labels_path is not None:
@@ -285,10 +288,20 @@ def _read_npy(path: Path) -> _Block:
         raise DataError(f"'{path}' is not a single .npy array")
     if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[3] not in (1, 3)):
         raise DataError(f"'{path}' holds an array of shape {array.shape}: expected images (N, H, W) or (N, H, W, C) with C = 1 or 3")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
     if array.dtype != np.uint8:
         raise DataError(f"'{path}' holds {array.dtype} values: expected uint8 images (0..255), e.g. (x * 255).round().astype(np.uint8)")
-    pixels = array[..., None] if array.ndim == 3 else array
+    pixels = _binary_as_bytes(array[..., None] if array.ndim == 3 else array)
     return _Block(pixels, [f"{path}:{i}" for i in range(len(pixels))], path, [None] * len(pixels))
+
+
+def _binary_as_bytes(pixels: np.ndarray) -> np.ndarray:
+    """Binary images stored as 0/1 (an .npy or IDX file whose values are all 0 or 1) -> 0/255, so
+    that they show as black and white and quantise to the same bits; other arrays as they are."""
+    if pixels.size and pixels.max() <= 1:
+        return pixels * np.uint8(255)
+    return pixels
 
 
 def _common_shape(blocks: list[_Block]) -> tuple[int, int, int]:

@@ -25,7 +25,7 @@ Two views of one distribution:
   per row, for the whole row.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -158,6 +158,42 @@ class PixelCNNConfig:
                 raise ValueError(f"PixelCNNConfig.{name} must be odd and >= 1, got {getattr(self, name)}")
         if self.hidden % self.channels:
             raise ValueError(f"PixelCNNConfig.hidden ({self.hidden}) must be a multiple of channels ({self.channels})")
+
+    # The image task's contract (arcli/image/contract.py).
+
+    def describe(self) -> dict[str, str]:
+        """The architecture lines of `arcli models info`."""
+        rows, columns = context(self)
+        if self.gated:
+            kind = "Gated PixelCNN: vertical + horizontal stacks of gated units, no blind spot"
+            seen = f"{rows} rows above (columns -{columns} .. +{columns}) and {columns} pixels to the left, every one of them"
+        else:
+            kind = "PixelCNN: masked convolutions (mask A, then B) in residual blocks"
+            seen = f"{rows} rows above (columns -{columns} .. +{columns}) and {columns} pixels to the left, less the blind spot up-right"
+        return {"architecture": kind, "receptive field": seen}
+
+    def fit(self, shape: tuple[int, int, int], classes: int) -> tuple["PixelCNNConfig", list[str]]:
+        """The config with the image shape and class count of the data (a value the user --set that
+        disagrees with the data is refused), and `hidden` rounded up to a multiple of the channels."""
+        from arcli.image.contract import fit_fields
+
+        channels, hidden, notes = shape[2], self.hidden, []
+        if hidden % channels:
+            rounded = hidden + channels - hidden % channels
+            if hidden != PixelCNNConfig().hidden:
+                raise OptionError(f"--set hidden={hidden} is not a multiple of the {channels} colour channels of the images: use hidden={rounded}")
+            notes.append(f"hidden={rounded}: the feature maps split into {channels} colour groups (R, G, B), so {hidden} was rounded up")
+            hidden = rounded
+        return fit_fields(replace(self, hidden=hidden), shape, classes), notes
+
+
+def context(config: PixelCNNConfig) -> tuple[int, int]:
+    """(rows above, columns to either side) that the logits of a pixel see. The gated vertical
+    stack starts one row up (its input is shifted down a row) and each layer widens the view by
+    the kernel's radius; the plain stack's first conv already covers the current row."""
+    r_first, r = config.first_kernel // 2, config.kernel // 2
+    reach = r_first + config.layers * r
+    return (1 if config.gated else 0) + reach, reach
 
 
 # -------------------------------------------------------------------------------------------------

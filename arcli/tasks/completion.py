@@ -8,7 +8,10 @@ random, most drawn masks) the known pixels after the hole must also be explained
 sequential Monte Carlo: particles drawn with the known pixels forced, reweighted by the model's
 probability of each known sub-pixel after the hole as it is read, resampled at row ends, pooled over
 rounds until the effective sample size over distinct completions reaches the number asked for
-(`Completer.resampled`, `smc_proposals`). A class-conditional model without a label infers the class
+(`Completer.resampled`; the masks and the resampling itself live in `arcli/image/masks.py` and
+`arcli/image/resampling.py`). A model that can generate in any order (MADE) needs none of this:
+the image task hands the Completer that model in an ordering where every known pixel comes first,
+so every mask is the exact case. A class-conditional model without a label infers the class
 from the same quantities: p(c | known) ∝ p(c) p(known | c). Beam search needs none of this: its
 scores count every known token as it is forced, so it ranks whole images by their likelihood.
 """
@@ -20,73 +23,26 @@ import math
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
 from arcli.decoding import Known, generate
-from arcli.errors import DataError, OptionError
+from arcli.errors import OptionError
+from arcli.image.contract import token_nats
 from arcli.image.io import ImageSet
-from arcli.models.pixelcnn import PixelCNN
+from arcli.image.masks import MASKS, mask_pixels  # noqa: F401  (completion's masks, re-exported)
+from arcli.image.resampling import (  # noqa: F401  (re-exported: the completion helpers' old home)
+    distinct_ess,
+    proposal_log_weights,
+    resample,
+    smc_proposals,
+    systematic_resample,
+)
 from arcli.outputs import check_new
 
-MASKS = ("bottom", "top", "left", "right", "center", "random")
 PROPOSALS_PER_COMPLETION = 4  # importance resampling draws max(4 N, MIN_PROPOSALS) proposals per image
 MIN_PROPOSALS = 16
 MAX_PROPOSALS = 512  # importance resampling stops drawing proposals for an image at this many (or just past it)
 CLASS_FLOOR = 1e-3  # a class whose posterior falls below this gets no more proposals
-
-
-def token_nats(model: torch.nn.Module, tokens: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """-log p of every sub-pixel in nats, (B, T): tokens (B, T), labels (B,) or None."""
-    logits = model(tokens, labels)  # (B, T, V)
-    return F.cross_entropy(logits.transpose(1, 2).float(), tokens, reduction="none")
-
-
-
-def mask_pixels(mask: str, size: tuple[int, int], seed: int) -> np.ndarray:
-    """The hidden pixels (H, W) bool of a named mask or a mask PNG (white = hidden)."""
-    height, width = size
-    rows, columns = np.indices(size)
-    if mask == "bottom":
-        hidden = rows >= height - height // 2
-    elif mask == "top":
-        hidden = rows < height // 2
-    elif mask == "left":
-        hidden = columns < width // 2
-    elif mask == "right":
-        hidden = columns >= width - width // 2
-    elif mask == "center":
-        top, left = height // 4, width // 4
-        hidden = (rows >= top) & (rows < top + height // 2) & (columns >= left) & (columns < left + width // 2)
-    elif mask == "random":
-        hidden = (torch.rand(size, generator=torch.Generator().manual_seed(seed)) < 0.5).numpy()
-    else:
-        hidden = _mask_file(Path(mask), size)
-    if not hidden.any():
-        raise OptionError(f"--mask {mask} hides no pixel of a {height}x{width} image: nothing to complete")
-    if hidden.all():
-        raise OptionError(f"--mask {mask} hides every pixel: nothing is left to complete from (use `arcli sample` for new images)")
-    return hidden
-
-
-def _mask_file(path: Path, size: tuple[int, int]) -> np.ndarray:
-    if not path.is_file():
-        raise OptionError(f"--mask {path}: expected {', '.join(MASKS)}, or a mask PNG file (white = hidden), and there is no such file")
-    try:
-        with Image.open(path) as image:
-            grey = np.asarray(image.convert("L"))
-    except UnidentifiedImageError:
-        raise DataError(f"--mask {path}: not an image Pillow can read (a mask is a PNG, white = hidden)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"--mask {path}: cannot read the image: {error}") from None
-    if grey.shape != size:
-        raise DataError(
-            f"mask '{path}' is {grey.shape[0]}x{grey.shape[1]}, but this model's images are {size[0]}x{size[1]}: "
-            "draw the mask at the model's size (white = hidden)"
-        )
-    return grey >= 128
 
 
 def completion_files(folder: Path | None, images: ImageSet, count: int, force: bool) -> list[Path]:
@@ -279,98 +235,6 @@ class Completer:
                          f"fit the known pixels after the hole, so {repeats} completion(s) repeat another")
         report.line = "; ".join(parts)
         return torch.cat(pool_tokens)[picks], report
-
-
-@torch.inference_mode()
-def smc_proposals(model: PixelCNN, values: torch.Tensor, known: torch.Tensor, first_hidden: int, label: int | None,
-                  particles: int, generator: torch.Generator, progress=None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Sequential Monte Carlo proposals for one image: `particles` completions of `values` (T,) with the
-    sub-pixels in `known` (T,) forced and the others drawn from the model's conditionals, the
-    particles reweighted by each forced sub-pixel after `first_hidden` as it is read (its probability
-    under the model), and resampled (systematically) at the end of every image row where their
-    effective sample size has fallen under half. A mask whose hidden and known pixels alternate within
-    rows (left, right, center, random, most drawn masks) thus keeps the particles that fit the known
-    pixels so far, instead of finding out at the end; for the top mask every forced sub-pixel comes
-    after the hole, and this is plain importance sampling.
-
-    Returns (tokens (K, T), log-weights (K,), resamplings). The log-weights are each particle's share
-    of the run's estimate of p(known after the hole | known before it), times K: exp(log-weights)
-    averages to that estimate, and with no resampling they are the particles' likelihoods of the
-    forced sub-pixels after the hole, as `proposal_log_weights` reads them.
-    """
-    device = next(model.parameters()).device
-    T, K = len(values), particles
-    row = model.config.width * model.config.channels
-    condition = None if label is None else torch.full((K,), label, dtype=torch.long, device=device)
-    state = model.start(K, condition)
-    tokens = torch.zeros(K, T, dtype=torch.long, device=device)
-    log_w = torch.zeros(K, dtype=torch.float64, device=device)
-    log_z, resamplings, previous = 0.0, 0, None
-    known_list, values = known.tolist(), values.to(device)
-    for t in range(T):
-        logits, state = model.step(state, previous)
-        if known_list[t]:
-            token = values[t].expand(K)
-            if t > first_hidden:
-                log_w += torch.log_softmax(logits.double(), -1)[:, values[t]]
-        else:
-            token = torch.multinomial(torch.softmax(logits.float(), -1).cpu(), 1, generator=generator).squeeze(1).to(device)
-        tokens[:, t] = token
-        previous = token
-        if (t + 1) % row == 0 and t + 1 < T and t > first_hidden:
-            weights = torch.softmax(log_w, 0)
-            if float(1.0 / (weights**2).sum()) < K / 2:
-                log_z += float(torch.logsumexp(log_w, 0)) - math.log(K)
-                index = systematic_resample(weights.cpu(), K, generator).to(device)
-                state = model.reorder(state, index)
-                tokens, log_w = tokens[index], torch.zeros_like(log_w)
-                resamplings += 1
-        if progress is not None:
-            progress(t + 1, T)
-    log_z += float(torch.logsumexp(log_w, 0)) - math.log(K)
-    return tokens.cpu(), (log_z + torch.log_softmax(log_w, 0) + math.log(K)).cpu(), resamplings
-
-
-@torch.inference_mode()
-def proposal_log_weights(model: PixelCNN, proposals: torch.Tensor, known_after: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
-    """Importance log-weights (K,) of one image's completed proposals (K, T): the model's
-    log-likelihood of the known sub-pixels after the first hidden one (`known_after`, (T,) bool),
-    read from a forward pass over each proposal. label: () class id, or None."""
-    device = next(model.parameters()).device
-    log_weights = []
-    for start in range(0, len(proposals), 64):
-        batch = proposals[start : start + 64].to(device)
-        labels = None if label is None else label.expand(len(batch)).to(device)
-        nats = token_nats(model, batch, labels).double()  # (b, T)
-        log_weights.append(-(nats * known_after.to(device)).sum(1).cpu())
-    return torch.cat(log_weights)
-
-
-def resample(log_weights: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
-    """Draw `count` indices with replacement in proportion to exp(log_weights) (K,); returns them
-    and the effective sample size (sum w)^2 / sum w^2, between 1 and K."""
-    weights = torch.softmax(log_weights.double(), 0)
-    return torch.multinomial(weights, count, replacement=True, generator=generator), float(1.0 / (weights**2).sum())
-
-
-def distinct_ess(hidden_tokens: torch.Tensor, weights: torch.Tensor) -> float:
-    """The effective sample size (sum w)^2 / sum w^2 of weighted completions, counted over distinct
-    completions (`hidden_tokens` (K, H): the hidden sub-pixels of each): proposals that are copies of
-    one another (resampling duplicates particles) pool their weight, so K copies count once."""
-    _, group = torch.unique(hidden_tokens, dim=0, return_inverse=True)
-    pooled = torch.zeros(int(group.max()) + 1, dtype=torch.float64).index_add_(0, group, weights.double())
-    return float(pooled.sum() ** 2 / (pooled**2).sum())
-
-
-def systematic_resample(weights: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-    """`count` indices drawn in proportion to `weights` (K,), normalised, by systematic resampling:
-    one uniform u, then the points (u + i) / count through the cumulative weights. Each index is
-    picked floor(count w) or ceil(count w) times, so nothing repeats that the weights do not demand
-    (multinomial draws repeat heavy proposals far more often), and the draw stays unbiased."""
-    cumulative = torch.cumsum(weights.double(), 0)
-    cumulative = cumulative / cumulative[-1]
-    points = (torch.rand((), generator=generator, dtype=torch.float64) + torch.arange(count, dtype=torch.float64)) / count
-    return torch.searchsorted(cumulative, points, right=True).clamp(max=len(weights) - 1)
 
 
 def method_note(strategy_name: str, beam_size: int, count: int, reports: list[CompletionReport]) -> str:

@@ -1,8 +1,12 @@
-"""Images: PixelCNN over 8-bit sub-pixels, trained on image files, sampled to PNG grids, completed
-under a mask, and scored in bits per dimension.
+"""Images: every image family (PixelCNN over 8-bit sub-pixels, FVSBN, NADE and MADE over binary
+images) trained on image files, sampled to PNG grids, completed under a mask, and scored in nats and
+bits per dimension.
 
 An image is T = H * W * C tokens in raster order, R G B within a pixel; the loss and every score
-count all T of them (nats summed over sub-pixels; bits/dim divides by T and ln 2).
+count all T of them (nats summed over sub-pixels; bits/dim divides by T and ln 2). What the task
+needs of a family is the small contract of `arcli/image/contract.py`: the config's shape, levels and
+classes, its `describe()` and `fit()`, and, for mixtures over orderings (MADE), `orderings` and
+`in_order`. A binary model (2 levels) takes a grey pixel as on where its value is >= 128, and says so.
 
 Completion (which classes, which proposals, how they are weighted and picked) lives in
 `arcli/tasks/completion.py`; this module turns its results into grids and files.
@@ -25,12 +29,17 @@ from tqdm import tqdm
 from arcli.decoding import Sample, generate
 from arcli.errors import DataError, OptionError
 from arcli.image import pixels_to_tokens, tokens_to_pixels
-from arcli.image.io import ImageSet, describe_shape, load_images, occlude, write_grid, write_heatmap, write_png
-from arcli.models.pixelcnn import PixelCNN, PixelCNNConfig
+from arcli.image.contract import any_order, image_nats, image_shape, mixture_nats, orderings, token_nats
+from arcli.image.io import ImageSet, convert_pixels, describe_shape, load_images, occlude, write_grid, write_heatmap, write_png
+from arcli.image.masks import known_first_order, mask_pixels
+from arcli.models.fvsbn import FVSBN, FVSBNConfig
+from arcli.models.made import MADE, MADEConfig
+from arcli.models.nade import NADE, NADEConfig
+from arcli.models.pixelcnn import PixelCNN, PixelCNNConfig, context  # noqa: F401  (context: re-exported)
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
 from arcli.tasks import LN2, CompleteRequest, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
-from arcli.tasks.completion import Completer, completion_files, mask_pixels, method_note, token_nats
+from arcli.tasks.completion import Completer, completion_files, method_note
 from arcli.training import LossOutput
 
 HEATMAP_IMAGES = 8  # --heatmap draws the first images scored, at most this many
@@ -41,32 +50,29 @@ LISTED_CLASSES = 16  # images whose drawn class `sample` names
 class ImageBatch(NamedTuple):
     tokens: torch.Tensor  # (B, T) sub-pixel values in raster order
     labels: torch.Tensor | None  # (B,) class ids, None for an unconditional model
+    ordering: int | None = None  # a training batch of a model with several orderings: the one it trains
 
 
 class ImageData:
-    """Random training images (drawn with the given generator only); fixed held-out slices."""
+    """Random training images (drawn with the given generator only); fixed held-out slices. For a
+    model with K > 1 orderings each training batch also draws the ordering it trains (uniformly,
+    with the same generator, so a resumed run draws the same ones)."""
 
-    def __init__(self, train: torch.Tensor, train_labels: torch.Tensor | None, valid: torch.Tensor, valid_labels: torch.Tensor | None):
+    def __init__(self, train: torch.Tensor, train_labels: torch.Tensor | None, valid: torch.Tensor, valid_labels: torch.Tensor | None,
+                 orderings: int = 1):
         self.train, self.train_labels = train, train_labels  # (N, T) uint8/int32, (N,) long
         self.valid, self.valid_labels = valid, valid_labels
+        self.orderings = orderings
 
     def sample_batch(self, batch_size: int, generator: torch.Generator) -> ImageBatch:
         picks = torch.randint(len(self.train), (batch_size,), generator=generator, device=generator.device).cpu()
-        return ImageBatch(self.train[picks].long(), None if self.train_labels is None else self.train_labels[picks])
+        ordering = int(torch.randint(self.orderings, (), generator=generator, device=generator.device)) if self.orderings > 1 else None
+        return ImageBatch(self.train[picks].long(), None if self.train_labels is None else self.train_labels[picks], ordering)
 
     def valid_batches(self, batch_size: int):
         for start in range(0, len(self.valid), batch_size):
             labels = None if self.valid_labels is None else self.valid_labels[start : start + batch_size]
             yield ImageBatch(self.valid[start : start + batch_size].long(), labels)
-
-
-def context(config: PixelCNNConfig) -> tuple[int, int]:
-    """(rows above, columns to either side) that the logits of a pixel see. The gated vertical
-    stack starts one row up (its input is shifted down a row) and each layer widens the view by
-    the kernel's radius; the plain stack's first conv already covers the current row."""
-    r_first, r = config.first_kernel // 2, config.kernel // 2
-    reach = r_first + config.layers * r
-    return (1 if config.gated else 0) + reach, reach
 
 
 def _note(message: str) -> None:
@@ -97,8 +103,15 @@ def _class_list(labels: list[str | None], what: str, files: list[Path]) -> list[
     return names
 
 
-def _shape(config: PixelCNNConfig) -> tuple[int, int, int]:
-    return config.height, config.width, config.channels
+def _binarised(pixels: np.ndarray, levels: int, what: str) -> str:
+    """The note a binary model owes about grey input: how it was turned into bits ("" if it was not grey)."""
+    if levels != 2:
+        return ""
+    grey = int((~np.isin(pixels, (0, 255))).reshape(len(pixels), -1).any(1).sum())
+    if not grey:
+        return ""
+    return (f"{what}: {grey} of {len(pixels)} image(s) have grey levels; binarised for this binary model by a fixed threshold: "
+            "a pixel is on where its value is >= 128 (colour is made grey first)")
 
 
 def _check_png_output(output: str, force: bool, what: str = "-o") -> None:
@@ -119,33 +132,33 @@ class ImageTask(Task):
 
     def info(self, family: ModelFamily, model: torch.nn.Module) -> dict[str, str]:
         config = model.config
-        rows, columns = context(config)
-        if config.gated:
-            kind = "Gated PixelCNN: vertical + horizontal stacks of gated units, no blind spot"
-            seen = f"{rows} rows above (columns -{columns} .. +{columns}) and {columns} pixels to the left, every one of them"
-        else:
-            kind = "PixelCNN: masked convolutions (mask A, then B) in residual blocks"
-            seen = f"{rows} rows above (columns -{columns} .. +{columns}) and {columns} pixels to the left, less the blind spot up-right"
+        levels = "2 per pixel (binary: a Bernoulli per pixel)" if config.levels == 2 else \
+            f"{config.levels} per sub-pixel (a {config.levels}-way softmax)"
         return {
-            "image": f"{describe_shape(_shape(config))} ({config.channels} channel{'s' if config.channels > 1 else ''}, "
+            "image": f"{describe_shape(image_shape(config))} ({config.channels} channel{'s' if config.channels > 1 else ''}, "
             f"{config.height * config.width * config.channels} sub-pixels{', R then G then B' if config.channels == 3 else ''})",
-            "levels": f"{config.levels} per sub-pixel (a {config.levels}-way softmax)",
+            "levels": levels,
             "classes": f"{config.num_classes} (class-conditional)" if config.num_classes else "none (unconditional)",
-            "architecture": kind,
-            "receptive field": seen,
+            **config.describe(),
         }
 
     # --- training --------------------------------------------------------------------------------
 
-    def prepare_training(self, family: ModelFamily, config: PixelCNNConfig, request: TrainRequest) -> TrainingSetup:
+    def prepare_training(self, family: ModelFamily, config, request: TrainRequest) -> TrainingSetup:
         if not 0 < request.valid_fraction < 1:
             raise ValueError(f"valid_fraction must lie in (0, 1), got {request.valid_fraction}")
         data = load_images(request.data)
         classes = _class_list(data.labels, "--data", data.files)
-        config, config_note = _fit_config(config, data.shape, classes)
-        notes = data.notes + ([config_note] if config_note else [])
+        config, config_notes = config.fit(data.shape, len(classes))
+        notes = data.notes + config_notes
+        shape = image_shape(config)
+        if shape != data.shape:  # a grey-only (binary) model given colour images
+            notes.append(f"--data: the {describe_shape(data.shape)} images were made {describe_shape(shape)} (luma) for this model")
+            data = dataclasses.replace(data, pixels=convert_pixels(data.pixels, shape))
+        notes += [note for note in [_binarised(data.pixels, config.levels, "--data")] if note]
         if request.valid:
-            held = load_images(request.valid, data.shape)
+            held = load_images(request.valid, shape)
+            notes += [note for note in [_binarised(held.pixels, config.levels, "--valid")] if note]
             notes += [f"held-out: {note}" for note in held.notes]
             train_set, valid_set = data, held
             valid_ids = _held_out_labels(held, classes)
@@ -166,7 +179,7 @@ class ImageTask(Task):
         as_labels = lambda ids: None if ids is None else torch.tensor(ids, dtype=torch.long)  # noqa: E731
         image_data = ImageData(
             pixels_to_tokens(train_set.pixels, levels), as_labels(train_ids),
-            pixels_to_tokens(valid_set.pixels, levels), as_labels(valid_ids),
+            pixels_to_tokens(valid_set.pixels, levels), as_labels(valid_ids), orderings=orderings(config),
         )
         meta = {
             "height": config.height,
@@ -189,9 +202,14 @@ class ImageTask(Task):
         return TrainingSetup(config=config, data=image_data, data_meta=meta)
 
     def loss(self, model: torch.nn.Module, batch: ImageBatch) -> LossOutput:
-        nll = token_nats(model, batch.tokens, batch.labels).sum()
+        """Training batches of a model with several orderings train the batch's ordering; held-out
+        batches (no ordering) score the mixture over all of them, as `score-likelihood` does."""
         count = batch.tokens.numel()
-        return LossOutput(objective=nll / max(count, 1), nll=nll.detach(), count=count)
+        if batch.ordering is not None or orderings(model) == 1:
+            nll = token_nats(model, batch.tokens, batch.labels, ordering=batch.ordering).sum()
+            return LossOutput(objective=nll / max(count, 1), nll=nll.detach(), count=count)
+        nll = mixture_nats(model, batch.tokens, batch.labels)[0].sum()
+        return LossOutput(objective=(nll / max(count, 1)).float(), nll=nll.detach(), count=count)
 
     # --- sampling --------------------------------------------------------------------------------
 
@@ -220,15 +238,18 @@ class ImageTask(Task):
         if label_note:
             _note(label_note)
         started = time.perf_counter()
-        rows = generate(model, strategy, max_length=model.sequence_length, batch_size=request.count, condition=labels,
-                        progress=request.progress)
+        if orderings(model) > 1:
+            tokens = _sample_mixture(model, strategy, request.count, labels, seed, request.progress)
+        else:
+            rows = generate(model, strategy, max_length=model.sequence_length, batch_size=request.count, condition=labels,
+                            progress=request.progress)
+            tokens = torch.tensor([row[0].tokens for row in rows])
         elapsed = time.perf_counter() - started
-        tokens = torch.tensor([row[0].tokens for row in rows])
-        pixels = tokens_to_pixels(tokens, _shape(config), config.levels)
+        pixels = tokens_to_pixels(tokens, image_shape(config), config.levels)
         write_grid(request.output, [list(pixels[i : i + columns]) for i in range(0, len(pixels), columns)])
         grid_rows = math.ceil(request.count / columns)
         _note(
-            f"generated {request.count} image(s) of {describe_shape(_shape(config))} in {elapsed:.1f} s; "
+            f"generated {request.count} image(s) of {describe_shape(image_shape(config))} in {elapsed:.1f} s; "
             f"{'wrote ' + request.output if request.output != '-' else 'PNG on stdout'}: a grid of {grid_rows} x {columns}"
         )
 
@@ -236,7 +257,7 @@ class ImageTask(Task):
 
     def complete_image(self, loaded: Loaded, request: CompleteRequest) -> None:
         model, config = loaded.model, loaded.model.config
-        shape, count, decoding = _shape(config), request.count, request.decoding
+        shape, count, decoding = image_shape(config), request.count, request.decoding
         if count < 1:
             raise OptionError(f"--count must be >= 1, got {count}")
         if decoding.nbest != 1:
@@ -260,6 +281,10 @@ class ImageTask(Task):
 
         channels, T = shape[2], model.sequence_length
         hidden_tokens = torch.from_numpy(np.repeat(hidden.reshape(-1), channels))  # (T,) sub-pixels of hidden pixels
+        order = None
+        if any_order(model):  # generate in an ordering with every known pixel first: every mask is the exact case
+            order = known_first_order(hidden)
+            model, hidden_tokens = model.in_order(order), hidden_tokens[order]
         first_hidden = int(hidden_tokens.nonzero()[0])
         known_after = ~hidden_tokens & (torch.arange(T) > first_hidden)  # (T,) known sub-pixels after the hole
         known_before = ~hidden_tokens & (torch.arange(T) < first_hidden)  # (T,) known sub-pixels before it
@@ -271,7 +296,11 @@ class ImageTask(Task):
         for note in images.notes:
             _note(note)
 
-        values = pixels_to_tokens(images.pixels, config.levels).long() * (~hidden_tokens)  # (N, T), hidden ones zeroed
+        values = pixels_to_tokens(images.pixels, config.levels).long()  # (N, T) in raster order
+        values = (values if order is None else model.from_raster(values)) * (~hidden_tokens)  # in generation order, hidden ones zeroed
+        for note in [_binarised(images.pixels, config.levels, "input")]:
+            if note:
+                _note(note)
         completer = Completer(model, decoding, seed, T, ~hidden_tokens, known_before, known_after, config.num_classes,
                                _class_names(loaded), count, request.progress, len(images))
         chosen, reports = [], []
@@ -282,7 +311,7 @@ class ImageTask(Task):
                 tokens, report = completer.exact(index, values[index], classes)
             else:
                 tokens, report = completer.resampled(index, values[index], classes)
-            chosen.append(tokens)
+            chosen.append(tokens if order is None else model.to_raster(tokens))
             reports.append(report)
             if report.line:
                 _note(f"{name}: {report.line}")
@@ -300,7 +329,8 @@ class ImageTask(Task):
             for path, pixels in zip(files, (image for filled in completions for image in filled), strict=True):
                 write_png(path, pixels)
 
-        _note(method_note(strategy_name, decoding.beam_size, count, reports))
+        _note(method_note(strategy_name, decoding.beam_size, count, reports) if order is None or not sampling
+              else _any_order_note(loaded.model, order, int(hidden.sum())))
         where = request.output if request.output != "-" else "PNG on stdout"
         extra = f"; {len(files)} completions in {request.output_dir}" if files else ""
         _note(f"{where}: {len(images)} row(s) of original, occluded input ({int(hidden.sum())} hidden pixels) and {count} completion(s){extra}")
@@ -319,11 +349,14 @@ class ImageTask(Task):
                 raise OptionError("--heatmap -: the scores go to stdout; give the heatmap a file name ending in .png")
             _check_png_output(str(request.heatmap), request.force, "--heatmap")
         model, config = loaded.model, loaded.model.config
-        shape = _shape(config)
+        shape = image_shape(config)
         images = load_images(request.inputs, shape)
         labels, unlabelled = _score_labels(loaded, images)
         for note in images.notes:
             _note(note)
+        binarised = _binarised(images.pixels, config.levels, "input")
+        if binarised:
+            _note(binarised)
         if unlabelled:
             _note(
                 f"{unlabelled} of {len(images)} images have no class label of this model: scored by p(x) = the mean over its "
@@ -337,7 +370,7 @@ class ImageTask(Task):
         with open_output(request.output) as out, torch.inference_mode():
             for start in range(0, len(images), request.batch_size):
                 batch = tokens[start : start + request.batch_size].long().to(loaded.device)
-                nats, per_token = _image_nats(model, batch, labels[start : start + request.batch_size], config.num_classes)
+                nats, per_token = image_nats(model, batch, labels[start : start + request.batch_size], config.num_classes)
                 if start < drawn:
                     heat.append(per_token[: drawn - start].cpu())
                     if start + len(batch) >= drawn:  # drawn now: before any reader of stdout can stop the run
@@ -365,33 +398,6 @@ def _heatmap(path: Path, pixels: np.ndarray, nats: torch.Tensor, shape: tuple[in
 
 # -------------------------------------------------------------------------------------------------
 # helpers: training
-
-
-def _fit_config(config: PixelCNNConfig, shape: tuple[int, int, int], classes: list[str]) -> tuple[PixelCNNConfig, str]:
-    """The config with the image shape and class count of the data; a value the user --set that
-    disagrees with the data is refused. Returns (config, a note when `hidden` was rounded up)."""
-    defaults = PixelCNNConfig()
-    height, width, channels = shape
-    described = {
-        "height": f"the images are {describe_shape(shape)}",
-        "width": f"the images are {describe_shape(shape)}",
-        "channels": f"the images are {describe_shape(shape)}",
-        "num_classes": f"the data has {len(classes)} classes" if classes else "the data has no class labels (class sub-folders or an IDX labels file)",
-    }
-    wanted = {"height": height, "width": width, "channels": channels, "num_classes": len(classes)}
-    for key, value in wanted.items():
-        given = getattr(config, key)
-        if given not in (value, getattr(defaults, key)):
-            raise OptionError(f"--set {key}={given}, but {described[key]}: leave {key} out (it is taken from the data)")
-    note = ""
-    hidden = config.hidden
-    if hidden % channels:
-        rounded = hidden + channels - hidden % channels
-        if hidden != defaults.hidden:
-            raise OptionError(f"--set hidden={hidden} is not a multiple of the {channels} colour channels of the images: use hidden={rounded}")
-        note = f"hidden={rounded}: the feature maps split into {channels} colour groups (R, G, B), so {hidden} was rounded up"
-        hidden = rounded
-    return dataclasses.replace(config, hidden=hidden, **wanted), note
 
 
 def _named_classes(classes: list[str], names: list[str] | None) -> list[str]:
@@ -449,7 +455,7 @@ def _class_names(loaded: Loaded) -> list[str]:
 def _check_label(loaded: Loaded, label: int) -> None:
     count = loaded.model.config.num_classes
     if count == 0:
-        raise OptionError("--label: this PixelCNN is unconditional (trained without class labels); leave --label out")
+        raise OptionError(f"--label: this {loaded.family.name} model is unconditional (trained without class labels); leave --label out")
     if not 0 <= label < count:
         raise OptionError(f"--label {label} is out of range: this model's classes are {_listing(_class_names(loaded), count)}")
 
@@ -503,23 +509,38 @@ def _score_labels(loaded: Loaded, images: ImageSet) -> tuple[list[int | None], i
     return ids, sum(i is None for i in ids)
 
 
-def _image_nats(model: PixelCNN, tokens: torch.Tensor, labels: list[int | None], classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(-log p(image) in nats (B,), per-sub-pixel nats (B, T)). Unknown labels of a conditional
-    model: -log mean_y p(image | y); the per-sub-pixel nats are then those of the likeliest class."""
-    if classes == 0:
-        per_token = token_nats(model, tokens, None).double()
-        return per_token.sum(1), per_token
-    known = torch.tensor([-1 if label is None else label for label in labels], device=tokens.device)
-    per_token = token_nats(model, tokens, known.clamp(min=0)).double()  # (B, T)
-    nats = per_token.sum(1)
-    unknown = known < 0
-    if bool(unknown.any()):
-        rows = tokens[unknown]
-        each = torch.stack([token_nats(model, rows, torch.full((len(rows),), y, device=tokens.device)).double() for y in range(classes)])  # (K, b, T)
-        totals = each.sum(2)  # (K, b)
-        nats[unknown] = math.log(classes) - torch.logsumexp(-totals, 0)
-        per_token[unknown] = each[totals.argmin(0), torch.arange(len(rows), device=tokens.device)]
-    return nats, per_token
+def _any_order_note(model: torch.nn.Module, order: torch.Tensor, hidden: int) -> str:
+    trained = any(torch.equal(order, model.in_order(k).order) for k in range(orderings(model)))
+    where = "one of the orderings it was trained on" if trained else \
+        f"an ordering it was not trained on (it was trained on {orderings(model)}; its first ordering's connectivity)"
+    return (f"exact completion: {model.config.pixels - hidden} known pixels first (raster order), then the {hidden} hidden ones "
+            f"(raster order), {where}; each completion is an exact sample of p(hidden | known) under that ordering's model "
+            "(no importance resampling)")
+
+
+def _group_progress(progress, before: int, size: int, count: int):
+    """The progress of `size` images generated together after `before` others, out of `count`."""
+    return lambda step, total: progress(before * total + step * size, count * total)
+
+
+def _sample_mixture(model: torch.nn.Module, strategy, count: int, labels: torch.Tensor | None, seed: int, progress) -> torch.Tensor:
+    """`count` images (count, T) in raster order from the uniform mixture of a model's K orderings:
+    image i's ordering is drawn from (seed, i), the images of one ordering are generated together
+    in it (rows numbered within the ordering, so the first images do not change with -n)."""
+    drawn = [int(torch.randint(orderings(model), (), generator=torch.Generator().manual_seed((seed * 1_000_003 + i) % 2**63)))
+             for i in range(count)]
+    tokens = torch.zeros(count, model.sequence_length, dtype=torch.long)
+    done = 0
+    for k in sorted(set(drawn)):
+        rows = [i for i, d in enumerate(drawn) if d == k]
+        view = model.in_order(k)
+        condition = None if labels is None else labels[rows]
+        report = None if progress is None else _group_progress(progress, done, len(rows), count)
+        found = generate(view, strategy, max_length=model.sequence_length, batch_size=len(rows), condition=condition,
+                         row_offset=k << 24, progress=report)  # each ordering its own random streams
+        tokens[rows] = view.to_raster(torch.tensor([row[0].tokens for row in found]))
+        done += len(rows)
+    return tokens
 
 
 PIXELCNN = ModelFamily(
@@ -530,4 +551,34 @@ PIXELCNN = ModelFamily(
     model_class=PixelCNN,
     task=ImageTask(),
     default_checkpoint="pixelcnn-fashion.safetensors",
+)
+
+FVSBN_FAMILY = ModelFamily(
+    name="fvsbn",
+    modality="image",
+    summary="FVSBN: binary images, one logistic regression per pixel (raster order)",
+    config_class=FVSBNConfig,
+    model_class=FVSBN,
+    task=ImageTask(),
+    default_checkpoint="fvsbn-fashion-binary.safetensors",
+)
+
+NADE_FAMILY = ModelFamily(
+    name="nade",
+    modality="image",
+    summary="NADE: binary images, one shared sigmoid hidden layer, O(H) per pixel",
+    config_class=NADEConfig,
+    model_class=NADE,
+    task=ImageTask(),
+    default_checkpoint="nade-fashion-binary.safetensors",
+)
+
+MADE_FAMILY = ModelFamily(
+    name="made",
+    modality="image",
+    summary="MADE: binary images, masked autoencoder over K orderings; exact completion for any mask",
+    config_class=MADEConfig,
+    model_class=MADE,
+    task=ImageTask(),
+    default_checkpoint="made-fashion-binary.safetensors",
 )

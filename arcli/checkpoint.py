@@ -329,8 +329,27 @@ def load_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimize
     )
 
 
-def _read_safetensors(path: Path, what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a safetensors file, or a CheckpointError saying why not."""
+def read_training_state_info(path: str | os.PathLike) -> tuple[int, dict]:
+    """(step, extra state) of a training state, read from its metadata alone (no tensors): what
+    `arcli train --resume` needs to know before it builds a model."""
+    path = Path(path)
+    metadata, _ = _read_safetensors(path, "training state", with_tensors=False)
+    form = _field(path, metadata, "format", (str,))
+    if form == FORMAT:
+        raise CheckpointError(
+            f"'{path}' is a model checkpoint, not a training state; resume from the .train.safetensors file written next to it"
+        )
+    if form != TRAINING_FORMAT:
+        raise CheckpointError(
+            f"'{path}' is a training state of format {form!r}, which this version of arcli cannot read "
+            f"(it reads {TRAINING_FORMAT!r}); upgrade arcli or start the training again"
+        )
+    return _field(path, metadata, "step", (int,)), _field(path, metadata, "extra", (dict,))
+
+
+def _read_safetensors(path: Path, what: str, with_tensors: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file (no tensors read when `tensors` is False), or a
+    CheckpointError saying why not."""
     if not path.exists():
         raise CheckpointError(f"{what} '{path}' does not exist")
     if path.is_dir():
@@ -348,7 +367,7 @@ def _read_safetensors(path: Path, what: str) -> tuple[dict[str, str], dict[str, 
             metadata = f.metadata() or {}
             if "arcli.format" not in metadata:
                 raise CheckpointError(f"'{path}' is a safetensors file but not an arcli checkpoint (no arcli metadata)")
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = {name: f.get_tensor(name) for name in f.keys()} if with_tensors else {}
     except (SafetensorError, OSError) as e:
         raise CheckpointError(
             f"'{path}' is a damaged safetensors file (truncated or corrupt: {_first_line(e)}); "

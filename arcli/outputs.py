@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import sys
@@ -65,3 +66,19 @@ def open_output(path: str | Path, binary: bool = False) -> Iterator[IO]:
         return
     with atomic_path(path) as tmp, open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
         yield f
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the hidden temporary files that `atomic_path` left beside `path` when its process was
+    killed mid-write (SIGKILL gives no chance to clean up); returns those deleted. Call it before
+    writing `path` again, from the one process that writes it."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for temp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        token = temp.name[len(path.name) + 2 : -len(".tmp")]
+        if len(token) == 12 and all(c in "0123456789abcdef" for c in token):  # secrets.token_hex(6)
+            temp.unlink(missing_ok=True)
+            removed.append(temp)
+    return removed

@@ -34,7 +34,9 @@ from torch import nn
 from tqdm import tqdm
 
 from arcli.checkpoint import load_training_state, save_training_state
+from arcli.distributed import SINGLE, PeerLost, World, check_batch, shard, sum_over_ranks, wrap
 from arcli.errors import ArcliError, CheckpointError, OptionError
+from arcli.metrics_log import MetricsLog
 
 LN2 = math.log(2.0)
 UNITS = ("bits/sample", "bits/dim", "nats/token")
@@ -67,6 +69,7 @@ class TrainOptions:
     clip_norm: float | None = 1.0  # clip the gradient's global L2 norm; None = no clipping
     eval_every: int = 500  # held-out evaluation cadence: often enough to see a curve, cheap enough
     save_every: int = 1000  # checkpoint cadence: at most this many steps are lost to a crash
+    log_every: int = 10  # metrics-log cadence: a smooth training curve, a few lines per minute
     seed: int = 0  # seed of the data generator (batches); the caller seeds the model's init
     amp: bool | None = None  # mixed precision; None = on for CUDA (bf16, else fp16), off elsewhere
 
@@ -153,13 +156,19 @@ def train(
     resume_path: str | os.PathLike | None = None,
     progress: bool = True,
     log: Callable[[str], None] = _log_to_stderr,
+    world: World = SINGLE,
+    metrics_path: str | os.PathLike | None = None,
+    tensorboard: Any = None,
+    state_info: dict | None = None,
 ) -> TrainResult:
     """Train `model` for `options.steps` AdamW steps; returns what happened.
 
     Each step draws `data.sample_batch(batch_size, generator)` from a CPU `torch.Generator` seeded
-    with `options.seed`, moves its tensors to `device` (tensors, and tensors inside tuples, lists
-    and dicts), and minimises `loss_fn(model, batch).objective` with the learning rate of
-    `learning_rate_at` and the gradient's norm clipped to `options.clip_norm`.
+    with `options.seed`, keeps this process's rows of it (all of them in a single process; see
+    `arcli.distributed` for data-parallel training under torchrun), moves its tensors to `device`
+    (tensors, and tensors inside tuples, lists and dicts), and minimises `loss_fn(model,
+    batch).objective` with the learning rate of `learning_rate_at` and the gradient's norm clipped
+    to `options.clip_norm`.
 
     Every `eval_every` steps, every `save_every` steps and at the end, the held-out NLL (sum of
     `nll` / sum of `count` over all of `data.valid_batches`, in eval mode without gradients) is
@@ -167,18 +176,26 @@ def train(
     the end, `save(metrics)` is called to write the model checkpoint, with metrics
     {"step", "wall_seconds", "valid_nll" (nats/unit), "valid_<unit>", ["valid_perplexity"]}
     (no "valid_*" keys when there is no held-out data), then the training state goes to
-    `state_path`. `resume_path` continues from such a state.
+    `state_path` (with `state_info`, the caller's own JSON, in its extra state). `resume_path`
+    continues from such a state. With `metrics_path`, a JSON-lines metrics log is written there
+    every `log_every` steps and at each evaluation (`arcli.metrics_log`), its numbers also going to
+    a TensorBoard `tensorboard` writer when one is given. Only rank 0 of `world` saves, logs and
+    shows progress.
 
-    SIGINT (Ctrl-C) or SIGTERM stops training after the current step, evaluates, saves both files
-    and returns with `interrupted=True`; a second signal raises KeyboardInterrupt at once. The
-    previous signal handlers are restored on return.
+    SIGINT (Ctrl-C) or SIGTERM stops training after the current step (every process at the same
+    step: the request travels with the step's statistics), evaluates, saves both files and returns
+    with `interrupted=True`; a second signal raises KeyboardInterrupt at once. The previous signal
+    handlers are restored on return.
     """
     _check_options(options)
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
     device, state_path = torch.device(device), Path(state_path)
-    if not state_path.parent.is_dir():
+    if world.main and not state_path.parent.is_dir():
         raise ArcliError(f"cannot write the training state '{state_path}': directory '{state_path.parent}' does not exist")
+    check_batch(world, options.batch_size)
+    if not world.main:
+        progress, log = False, _silent
     amp_dtype = _amp_dtype(options.amp, device)
     model.to(device)
     optimizer = _make_optimizer(model, options)
@@ -187,12 +204,20 @@ def train(
 
     step, history, earlier_seconds, step_seconds = 0, [], 0.0, 0.0
     if resume_path is not None:
-        step, history, earlier_seconds, step_seconds = _resume(Path(resume_path), model, optimizer, scaler, generator, options, log)
+        step, history, earlier_seconds, step_seconds = _resume(Path(resume_path), model, optimizer, scaler, generator, options, log, world)
+    if world.rank > 0:
+        # Every rank starts from the same weights; dropout draws its own masks on each rank.
+        torch.manual_seed((options.seed + 1) * 1_000_003 + step * 7_919 + world.rank)
+    net = wrap(model, world, device)
+    metrics_log = MetricsLog(metrics_path, resume_step=step if resume_path is not None else None, tensorboard=tensorboard) \
+        if metrics_path is not None and world.main else None
     start_step = step
     valid_nll = history[-1]["valid_nll"] if history else None
     losses: list[float] = []
-    recent: deque[tuple[float, int]] = deque(maxlen=100)  # (nll, count) of the last steps, for the bar
-    since_eval = [0.0, 0]  # training nll and count since the last evaluation
+    recent: deque[tuple[float, float]] = deque(maxlen=100)  # (nll, count) of the last steps, for the bar
+    since_eval = [0.0, 0.0]  # training nll and count since the last evaluation
+    since_log = [0.0, 0.0, 0.0]  # objective x count, nll and count since the last metrics line
+    saved_step: int | None = None
     started = time.perf_counter()
 
     bar = tqdm(total=options.steps, initial=step, desc="train", unit="step", file=sys.stderr,
@@ -200,18 +225,20 @@ def train(
     try:
         with _StopOnSignal() as stop:
             while step < options.steps:
+                lr = learning_rate_at(step, options)
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate_at(step, options)
+                    group["lr"] = lr
                 step_started = time.perf_counter()
-                batch = _to_device(data.sample_batch(options.batch_size, generator), device)
-                out = _train_step(model, loss_fn, batch, optimizer, scaler, options.clip_norm, device, amp_dtype, step)
+                batch = _to_device(shard(data.sample_batch(options.batch_size, generator), world), device)
+                objective, nll, count, stop_votes = _train_step(
+                    net, loss_fn, batch, optimizer, scaler, options.clip_norm, device, amp_dtype, step, world, stop.requested is not None
+                )
                 step += 1
-                nll, count = float(out.nll), int(out.count)  # waits for the device: the step is done
                 step_seconds += time.perf_counter() - step_started
-                losses.append(float(out.objective.detach()))
+                losses.append(objective)
                 recent.append((nll, count))
-                since_eval[0] += nll
-                since_eval[1] += count
+                since_eval = [since_eval[0] + nll, since_eval[1] + count]
+                since_log = [since_log[0] + objective * count, since_log[1] + nll, since_log[2] + count]
                 bar.update(1)
                 bar.set_postfix_str(
                     "loss " + format_nll(sum(n for n, _ in recent) / sum(c for _, c in recent), unit), refresh=False
@@ -219,17 +246,26 @@ def train(
 
                 # Held-out evaluation can take minutes: only every eval_every steps and at the end,
                 # not at every save, nor on an interruption (which should stop promptly).
-                stopping = stop.requested is not None
+                stopping = stop_votes > 0 if world.parallel else stop.requested is not None
                 saving = stopping or step == options.steps or step % options.save_every == 0
+                seconds = earlier_seconds + time.perf_counter() - started
+                if metrics_log is not None and (step % options.log_every == 0 or saving):
+                    metrics_log.write({"kind": "train", "step": step, **_train_record(since_log, unit), "lr": lr,
+                                       "wall_seconds": round(seconds, 3)})
+                    since_log = [0.0, 0.0, 0.0]
                 if step == options.steps or step % options.eval_every == 0:
                     with _rng_unchanged(device):
-                        valid_nll = _evaluate(model, loss_fn, data, options.batch_size, device, amp_dtype, progress)
-                        scores = _extra_scores(model, data)
+                        valid_nll = _evaluate(model, loss_fn, data, options.batch_size, device, amp_dtype, progress, world)
+                        scores = _extra_scores(model, data) if world.main else {}
                     train_nll = since_eval[0] / since_eval[1] if since_eval[1] else None
-                    since_eval = [0.0, 0]
+                    since_eval = [0.0, 0.0]
                     history.append({"step": step, "train_nll": train_nll, "valid_nll": valid_nll, **scores})
                     log(_eval_line(step, options.steps, train_nll, valid_nll, unit) + "".join(f", valid {k} {v}" for k, v in scores.items()))
-                if saving:
+                    if metrics_log is not None and (valid_nll is not None or scores):
+                        figures = {} if valid_nll is None else {"valid_nll": valid_nll, **{f"valid_{k}": v for k, v in nll_metrics(valid_nll, unit).items()}}
+                        metrics_log.write({"kind": "valid", "step": step, **figures, **{f"valid_{k}": v for k, v in scores.items()},
+                                           "wall_seconds": round(earlier_seconds + time.perf_counter() - started, 3)})
+                if saving and world.main:
                     seconds = earlier_seconds + time.perf_counter() - started
                     # step_seconds: the optimisation steps alone (batches, forward, backward, update), without
                     # held-out evaluation and saving; steps / step_seconds is the training throughput.
@@ -242,49 +278,82 @@ def train(
                     with _rng_unchanged(device):
                         save(metrics)
                     extra = {
+                        **(state_info or {}),
                         "history": history, "wall_seconds": seconds, "step_seconds": step_seconds, "unit": unit,
-                        "options": dataclasses.asdict(options),
+                        "options": dataclasses.asdict(options), "world_size": world.size,
                         "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
                     }
                     save_training_state(state_path, model_state=model.state_dict(), optimizer=optimizer,
                                         step=step, generators={"data": generator}, extra=extra)
+                    saved_step = step
                 if stopping and step < options.steps:
                     log(f"interrupted at step {step}; resume with --resume {state_path}")
                     break
+    except PeerLost as error:
+        where = f"the checkpoint of step {saved_step} is intact" if saved_step is not None else "no checkpoint was saved in this run"
+        raise PeerLost(f"{error}; {where}: resume with --resume {state_path}" if saved_step is not None or resume_path
+                       else f"{error}; {where}") from None
     finally:
         bar.close()
+        if metrics_log is not None:
+            metrics_log.close()
     return TrainResult(
         steps=step, valid_nll_per_unit=valid_nll, wall_seconds=earlier_seconds + time.perf_counter() - started,
         interrupted=step < options.steps, history=history, losses=losses, start_step=start_step,
     )
 
 
-def _train_step(model, loss_fn, batch, optimizer, scaler, clip_norm, device, amp_dtype, step) -> LossOutput:
-    model.train()
+def _silent(message: str) -> None:
+    """The log of ranks other than 0: rank 0 speaks for all."""
+
+
+def _train_record(since_log: list[float], unit: str) -> dict[str, float]:
+    objective_sum, nll, count = since_log
+    if not count:
+        return {}
+    return {"loss": objective_sum / count, "train_nll": nll / count,
+            **{f"train_{k}": v for k, v in nll_metrics(nll / count, unit).items() if k != "perplexity"}}
+
+
+def _train_step(net, loss_fn, batch, optimizer, scaler, clip_norm, device, amp_dtype, step, world, stop_requested):
+    """One update; returns (objective, nll, count, stop votes) of the whole batch, over every rank.
+
+    The objective is the mean per unit of the whole batch: each rank weighs its own mean by its share
+    of the batch's units (see `arcli.distributed`), and one reduction carries those sums and the
+    processes' stop requests, so that every rank takes the same decisions at the same step."""
+    net.train()
     with _autocast(device, amp_dtype):
-        out = loss_fn(model, batch)
+        out = loss_fn(net, batch)
     if not isinstance(out, LossOutput):
         raise TypeError(f"loss_fn must return a LossOutput, got {type(out).__name__}")
-    if out.count <= 0:
-        raise ValueError(f"loss_fn counted {out.count} units in a training batch; a batch must predict at least one")
-    objective = float(out.objective.detach())
-    if not math.isfinite(objective) or not math.isfinite(float(out.nll)):
+    own_objective, own_count = float(out.objective.detach()), int(out.count)
+    objective_sum, nll, count, stop_votes = sum_over_ranks(
+        [own_objective * own_count, float(out.nll), own_count, 1.0 if stop_requested else 0.0], world, device
+    )
+    if count <= 0:
+        raise ValueError(f"loss_fn counted {int(count)} units in a training batch; a batch must predict at least one")
+    objective = objective_sum / count if world.parallel else own_objective
+    if not math.isfinite(objective) or not math.isfinite(nll):
         raise ArcliError(
             f"training diverged at step {step + 1} (the loss is {objective}); lower the learning rate "
             "or resume from the last saved training state"
         )
+    loss = out.objective
+    if world.parallel:  # DDP averages over ranks: weigh this rank's mean by its share of the units
+        loss = loss * (own_count * world.size / count)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(out.objective).backward()
+    scaler.scale(loss).backward()
     if clip_norm is not None:
         scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        nn.utils.clip_grad_norm_(net.parameters(), clip_norm)
     scaler.step(optimizer)  # skipped by the fp16 scaler when the gradient overflowed
     scaler.update()
-    return out
+    return objective, nll, count, stop_votes
 
 
-def _evaluate(model, loss_fn, data, batch_size, device, amp_dtype, progress) -> float | None:
-    """Held-out NLL in nats per unit: sum of nll over sum of count, over every held-out batch."""
+def _evaluate(model, loss_fn, data, batch_size, device, amp_dtype, progress, world=SINGLE) -> float | None:
+    """Held-out NLL in nats per unit: sum of nll over sum of count, over every held-out batch (each
+    rank scores every N-th batch, and the sums are added over the ranks)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -292,12 +361,15 @@ def _evaluate(model, loss_fn, data, batch_size, device, amp_dtype, progress) -> 
         with torch.no_grad(), _autocast(device, amp_dtype):
             batches = tqdm(data.valid_batches(batch_size), desc="valid", unit="batch", file=sys.stderr,
                            leave=False, dynamic_ncols=True, disable=not progress)
-            for batch in batches:
+            for index, batch in enumerate(batches):
+                if index % world.size != world.rank:
+                    continue
                 out = loss_fn(model, _to_device(batch, device))
                 total += float(out.nll)
                 count += int(out.count)
     finally:
         model.train(was_training)
+    total, count = sum_over_ranks([total, count], world, device)
     return total / count if count else None
 
 
@@ -322,7 +394,7 @@ def _eval_line(step, steps, train_nll, valid_nll, unit) -> str:
     return f"step {step}/{steps}: train {train}, valid {valid}"
 
 
-def _resume(path: Path, model, optimizer, scaler, generator, options: TrainOptions, log):
+def _resume(path: Path, model, optimizer, scaler, generator, options: TrainOptions, log, world: World):
     state = load_training_state(path, optimizer)
     try:
         model.load_state_dict(state.model_state)
@@ -340,12 +412,23 @@ def _resume(path: Path, model, optimizer, scaler, generator, options: TrainOptio
         )
     before = state.extra.get("options", {})
     changed = [f"{k} {before[k]} -> {v}" for k, v in dataclasses.asdict(options).items()
-               if k in before and before[k] != v and k not in ("eval_every", "save_every")]
+               if k in before and before[k] != v and k not in ("eval_every", "save_every", "log_every")]
     if changed:
         log(f"note: resuming with other options ({', '.join(changed)}); the run will differ from an uninterrupted one")
+    processes = int(state.extra.get("world_size", 1))
+    if processes != world.size:
+        # Every rank draws the whole batch from the one data generator and keeps its rows: the batches
+        # do not depend on the number of processes. What does is how each rank's dropout is drawn.
+        log(f"note: resuming with {_processes(world.size)} where the state was written by {_processes(processes)}: the same "
+            "batches, each process keeping batch-size / processes rows of each; dropout masks (if any) are drawn differently "
+            "and sums are added in another order, so the run will differ slightly from an uninterrupted one")
     log(f"resuming from '{path}' at step {state.step}")
     extra = state.extra
     return state.step, list(extra.get("history", [])), float(extra.get("wall_seconds", 0.0)), float(extra.get("step_seconds", 0.0))
+
+
+def _processes(count: int) -> str:
+    return "1 process" if count == 1 else f"{count} processes"
 
 
 def _make_optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.AdamW:
@@ -361,7 +444,7 @@ def _make_optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.Adam
 
 
 def _check_options(options: TrainOptions) -> None:
-    whole = (("steps", 1), ("batch_size", 1), ("warmup_steps", 0), ("eval_every", 1), ("save_every", 1), ("seed", 0))
+    whole = (("steps", 1), ("batch_size", 1), ("warmup_steps", 0), ("eval_every", 1), ("save_every", 1), ("log_every", 1), ("seed", 0))
     for name, low in whole:
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import io
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -11,11 +15,13 @@ from typing import Annotated
 import torch
 import typer
 
-from arcli.checkpoint import save_checkpoint, training_state_path
+from arcli import distributed, metrics_log
+from arcli.checkpoint import read_training_state_info, save_checkpoint, training_state_path
 from arcli.cli import options as opt
 from arcli.cli.common import resolve_device, user_errors
-from arcli.errors import ArcliError, OptionError
-from arcli.outputs import check_new
+from arcli.errors import ArcliError, CheckpointError, DataError, OptionError
+from arcli.metrics_log import metrics_log_path
+from arcli.outputs import check_new, remove_stale_temporaries
 from arcli.registry import get_family
 from arcli.tasks import TrainRequest
 from arcli.training import TrainOptions, describe_hardware
@@ -50,33 +56,67 @@ def train(
     )] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help="Model setting KEY=VALUE (see `arcli models info`).")] = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps.", rich_help_panel=TRAINING)] = TrainOptions.steps,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.", rich_help_panel=TRAINING)] = TrainOptions.batch_size,
+    batch_size: Annotated[int, typer.Option(
+        help="Examples per step, over all processes (under torchrun each takes batch-size / processes).", rich_help_panel=TRAINING
+    )] = TrainOptions.batch_size,
     learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).", rich_help_panel=TRAINING)] = TrainOptions.learning_rate,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.", rich_help_panel=TRAINING)] = TrainOptions.weight_decay,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps, then cosine decay.", rich_help_panel=TRAINING)] = TrainOptions.warmup_steps,
     clip_norm: Annotated[float, typer.Option(help="Gradient-norm clip (0: off).", rich_help_panel=TRAINING)] = 1.0,
     eval_every: Annotated[int, typer.Option(help="Held-out evaluation every N steps.", rich_help_panel=TRAINING)] = TrainOptions.eval_every,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.", rich_help_panel=TRAINING)] = TrainOptions.save_every,
-    resume: Annotated[Path | None, typer.Option(help="Continue from a training state (*.train.safetensors).", rich_help_panel=TRAINING)] = None,
+    log_every: Annotated[int, typer.Option(
+        help="A line of the metrics log (OUT.metrics.jsonl) every N steps.", rich_help_panel=TRAINING
+    )] = TrainOptions.log_every,
+    log_dir: Annotated[Path | None, typer.Option(
+        help="Also write TensorBoard event files to this folder (needs: pip install 'arcli[tensorboard]').", rich_help_panel=TRAINING
+    )] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue from a training state (*.train.safetensors), with the model settings it was started with.", rich_help_panel=TRAINING
+    )] = None,
     half: Annotated[bool, typer.Option(help="Store the weights in float16 (half the file size).")] = False,
     device: opt.Device = opt.DeviceChoice.auto,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
 ) -> None:
-    """Train MODEL on --data and write the checkpoint to --output (plus a resumable training state).
+    """Train MODEL on --data and write the checkpoint to --output (plus a resumable training state
+    and a metrics log beside it).
 
-    Ctrl-C saves a checkpoint and a training state; continue with --resume.
+    Ctrl-C saves a checkpoint and a training state; continue with --resume. Under
+    `torchrun --nproc-per-node N -m arcli train ...` the N processes train data-parallel.
     """
-    for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--eval-every", eval_every), ("--save-every", save_every)):
+    arguments = dict(locals())  # the options above, handed on as they are
+    world = distributed.from_environment()
+    try:
+        _train(world, **arguments)
+    except (distributed.PeerLost, _RankError):
+        raise  # said by the rank that saw it
+    except ArcliError:
+        if world.main:
+            raise
+        raise typer.Exit(1) from None  # rank 0 meets the same mistake and says it once
+
+
+class _RankError(ArcliError):
+    """A mistake met by one rank other than 0 (e.g. data missing on one machine): that rank says it."""
+
+
+def _train(world: distributed.World, *, model, output, data, valid, src, tgt, valid_src, valid_tgt, class_names, settings, steps,
+           batch_size, learning_rate, weight_decay, warmup_steps, clip_norm, eval_every, save_every, log_every, log_dir, resume,
+           half, device, seed, force, quiet) -> None:
+    for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--eval-every", eval_every), ("--save-every", save_every),
+                        ("--log-every", log_every)):
         if value < 1:
             raise OptionError(f"{name} must be >= 1, got {value}")
     if learning_rate <= 0 or warmup_steps < 0 or clip_norm < 0 or weight_decay < 0:
         raise OptionError("--lr must be > 0 and --warmup-steps, --clip-norm, --weight-decay >= 0")
     if output.suffix != ".safetensors":
         raise OptionError(f"--output must end in .safetensors, got '{output}'")
+    distributed.check_batch(world, batch_size)
     if resume is None:
-        check_new(output, force)
+        if world.main:
+            check_new(output, force)
     elif not resume.exists():
         raise ArcliError(f"--resume: training state '{resume}' does not exist")
     if not data and (src is None or tgt is None):
@@ -91,18 +131,86 @@ def train(
         names = [name.strip() for name in class_names.split(",")]
         if not all(names):
             raise OptionError(f"--class-names: an empty name in {class_names!r}; give one name per class, comma-separated")
-    where = resolve_device(device.value)
-    config = family.config(overrides=_settings(settings or []))
+    state_info = read_training_state_info(resume)[1] if resume is not None else {}
+    config = _model_settings(family, _settings(settings or []), state_info, resume)
+    where = distributed.device_for(world, resolve_device(device.value))
+    world = distributed.start(world, where)
+    try:
+        _train_in_group(world, family, config, state_info, where, output=output, data=data, valid=valid, src=src, tgt=tgt,
+                        valid_src=valid_src, valid_tgt=valid_tgt, names=names, steps=steps, batch_size=batch_size,
+                        learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps, clip_norm=clip_norm,
+                        eval_every=eval_every, save_every=save_every, log_every=log_every, log_dir=log_dir, resume=resume,
+                        half=half, seed=seed, quiet=quiet)
+    finally:
+        distributed.stop(world)
+
+
+def _model_settings(family, overrides: dict[str, str], state_info: dict, resume: Path | None):
+    """The model settings: --set over the defaults, or, resuming, those the training state was
+    started with (a --set that repeats one of them is fine; one that changes it is refused)."""
+    if resume is None:
+        return family.config(overrides=overrides)
+    stored_model = state_info.get("model")
+    if stored_model is not None and stored_model != family.name:
+        raise CheckpointError(
+            f"'{resume}' is a training state of '{stored_model}', not of '{family.name}': resume it with `arcli train {stored_model} ...`"
+        )
+    if "settings" not in state_info:  # written before training states kept the settings: --set as given
+        return family.config(overrides=overrides)
+    started = family.config(state_info["settings"])
+    asked = family.config(state_info["settings"], overrides=overrides)
+    changed = [f"{key}={value} (started with {getattr(started, key)})"
+               for key, value in dataclasses.asdict(asked).items() if getattr(started, key) != value]
+    if changed:
+        raise OptionError(
+            f"--set {', '.join(changed)}: a resumed run keeps the model settings it was started with; "
+            "train a new model (without --resume) to change them"
+        )
+    return started
+
+
+def _train_in_group(world, family, config, state_info, where, *, output, data, valid, src, tgt, valid_src, valid_tgt, names, steps,
+                    batch_size, learning_rate, weight_decay, warmup_steps, clip_norm, eval_every, save_every, log_every, log_dir,
+                    resume, half, seed, quiet) -> None:
     request = TrainRequest(data=list(data or []), valid=list(valid or []), src=src, tgt=tgt, valid_src=valid_src, valid_tgt=valid_tgt,
                            class_names=names)
-    setup = family.task.prepare_training(family, config, request)
+    failure, setup, tensorboard = None, None, None
+    try:
+        # Only rank 0 describes the data; the others prepare the same in silence.
+        with contextlib.nullcontext() if world.main else contextlib.redirect_stderr(io.StringIO()):
+            setup = family.task.prepare_training(family, config, request)
+        if "config" in state_info and dataclasses.asdict(setup.config) != state_info["config"]:
+            before, now = state_info["config"], dataclasses.asdict(setup.config)
+            differences = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v)
+            raise DataError(f"this data gives the model other settings than '{resume}' has ({differences}); resume with the same data")
+        if world.main:
+            for path in (output, training_state_path(output), metrics_log_path(output)):
+                removed = remove_stale_temporaries(path)
+                if removed:
+                    typer.echo(f"removed {len(removed)} stale temporary file(s) of '{path}' left by a killed run", err=True)
+            if log_dir is not None:
+                tensorboard = metrics_log.tensorboard_writer(log_dir)
+    except ArcliError as error:
+        failure = error
+    # Every rank learns whether any rank failed, so that none waits for the others in vain, and the
+    # lowest failing rank alone says why.
+    failed = distributed.failed_ranks(world, failure is not None, where)
+    if failed:
+        if failure is not None and world.rank == failed[0]:
+            raise failure if world.main else _RankError(f"rank {world.rank}: {failure}")
+        raise typer.Exit(1)
+    if not distributed.same_on_every_rank(_fingerprint(setup), world, where):
+        raise ArcliError(
+            "the training processes prepared different models or data (settings, tokenizer or data description); "
+            "every process must read the same data"
+        )
 
     torch.manual_seed(seed)
     net = family.build(setup.config).to(where)
     options = TrainOptions(
         steps=steps, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
         warmup_steps=warmup_steps, clip_norm=clip_norm or None, eval_every=eval_every,
-        save_every=save_every, seed=seed,
+        save_every=save_every, log_every=log_every, seed=seed,
     )
     provenance = {
         "command": "arcli " + shlex.join(sys.argv[1:]),
@@ -111,7 +219,11 @@ def train(
         "options": dataclasses.asdict(options),
         "device": describe_hardware(where),
         "torch": torch.__version__,
+        "processes": world.size,
     }
+    if world.parallel and world.main:
+        typer.echo(f"data-parallel over {world.size} processes ({world.backend}), {batch_size // world.size} examples each per step",
+                   err=True)
 
     def save(metrics: dict) -> None:
         save_checkpoint(
@@ -123,7 +235,15 @@ def train(
 
     result = run_training(
         net, family.task.loss, setup.data, options, unit=family.task.unit, save=save, resume_path=resume,
-        state_path=training_state_path(output), device=where, progress=not quiet,
+        state_path=training_state_path(output), device=where, progress=not quiet, world=world,
+        metrics_path=metrics_log_path(output), tensorboard=tensorboard,
+        state_info={"model": family.name, "settings": dataclasses.asdict(config), "config": dataclasses.asdict(setup.config)},
     )
-    if not result.interrupted:
+    if not result.interrupted and world.main:
         typer.echo(f"wrote {output} ({result.steps} steps, {result.wall_seconds:.0f} s)", err=True)
+
+
+def _fingerprint(setup) -> int:
+    """A number that differs between ranks whose prepared model settings, tokenizer or data differ."""
+    text = json.dumps([dataclasses.asdict(setup.config), setup.data_meta, setup.tokenizer], sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")

@@ -26,7 +26,7 @@ import dataclasses
 import json
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,6 +284,51 @@ def read_checkpoint(path: str | os.PathLike, expected_model: str | None = None) 
         path=path, model_name=model_name, config=values["config"], tensors=tensors, data=values["data"],
         tokenizer=values["tokenizer"], training=values["training"], metrics=values["metrics"],
     )
+
+
+def check_fits(stored: Checkpoint, build: Callable[[Any], torch.nn.Module], config: Any, device: torch.device | str = "cpu") -> None:
+    """Refuse, before any memory is taken, a checkpoint whose config does not match its own tensors
+    (names and shapes) or whose model would not fit in the memory of `device`.
+
+    The model is built on PyTorch's "meta" device, which records shapes and allocates nothing, so a
+    config damaged into asking for a billion channels costs nothing to check. A model whose
+    constructor cannot run on the meta device (it computes values at build time) is not checked."""
+    try:
+        with torch.device("meta"):
+            skeleton = build(config)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in stored.tensors.items()}
+    problems = [f"{name} missing" for name in expected if name not in found]
+    problems += [f"{name} not in this model" for name in found if name not in expected]
+    problems += [f"{name} is {found[name]} in the file but {shape} by its config"
+                 for name, shape in expected.items() if name in found and found[name] != shape]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(
+            f"'{stored.path}' does not match its own config ({'; '.join(problems[:3])}{more}): the file is damaged or was "
+            "edited; save or download it again"
+        )
+    tensors = [*skeleton.parameters(), *skeleton.buffers()]
+    needed = sum(t.numel() * t.element_size() for t in tensors)
+    available, where = _memory(torch.device(device))
+    if available is not None and needed > available:
+        raise CheckpointError(
+            f"'{stored.path}' asks for a model of {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of memory "
+            f"{where}: its config is damaged or the model needs a larger machine"
+        )
+
+
+def _memory(device: torch.device) -> tuple[int | None, str]:
+    """(bytes of memory on `device`, where), or (None, ...) where it cannot be told."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).total_memory, f"of GPU {index}"
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "of this machine"
+    except (AttributeError, ValueError, OSError):  # not on every platform (Windows)
+        return None, "of this machine"
 
 
 def load_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> TrainingState:

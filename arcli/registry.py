@@ -82,10 +82,12 @@ class ModelFamily:
 
     def load(self, checkpoint: str | Path | None, device: torch.device) -> tuple[torch.nn.Module, Checkpoint]:
         """Rebuild the model from a checkpoint (the shipped one when `checkpoint` is None)."""
-        from arcli.checkpoint import read_checkpoint
+        from arcli.checkpoint import check_fits, read_checkpoint
 
         stored = read_checkpoint(self.checkpoint_path(checkpoint), expected_model=self.name)
-        model = self.build(self.config(stored.config))
+        config = self.config(stored.config)
+        check_fits(stored, self.build, config, device)  # before building: a damaged config must not exhaust memory
+        model = self.build(config)
         try:
             model.load_state_dict(stored.tensors)
         except RuntimeError as error:

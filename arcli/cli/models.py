@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from arcli.checkpoint import read_checkpoint
+from arcli.checkpoint import check_fits, read_checkpoint
 from arcli.cli.common import user_errors
-from arcli.cli.options import ModelName
+from arcli.cli.options import Force
+from arcli.curves import draw_curves
+from arcli.errors import ArcliError
+from arcli.metrics_log import metrics_log_path, read_metrics
+from arcli.outputs import check_new
 from arcli.registry import family_names, get_family
 from arcli.tasks import nats_to
 
@@ -56,11 +63,31 @@ def models(ctx: typer.Context) -> None:
 
 @app.command()
 @user_errors
-def info(name: ModelName) -> None:
-    """Config, parameter count, receptive field and shipped checkpoint of one model."""
-    family = get_family(name)
-    stored = _shipped(family)
+def info(
+    name: Annotated[str, typer.Argument(help="Registered model name, or a checkpoint file (.safetensors).", show_default=False)],
+    plot: Annotated[Path | None, typer.Option(
+        help="Draw the training and held-out curves of the checkpoint's run (its metrics log) to this PNG."
+    )] = None,
+    force: Force = False,
+) -> None:
+    """Config, parameter count, receptive field and checkpoint of one model (the shipped one, or the
+    checkpoint file given)."""
+    if plot is not None:
+        check_new(plot, force)
+    if _is_checkpoint_path(name):
+        stored = read_checkpoint(name)
+        family = get_family(stored.model_name)
+    else:
+        family = get_family(name)
+        stored = _shipped(family)
+    records = None
+    if plot is not None:  # read before anything is printed: a missing log is the one line said
+        if stored is None:
+            raise ArcliError(f"'{family.name}' has no shipped checkpoint to plot: give the checkpoint file of a training run")
+        records = read_metrics(metrics_log_path(stored.path))
     config = family.config(stored.config if stored else None)
+    if stored is not None:
+        check_fits(stored, family.build, config)
     model = family.build(config)
     typer.echo(f"{family.name}: {family.summary}")
     typer.echo(f"modality: {family.modality}")
@@ -76,6 +103,13 @@ def info(name: ModelName) -> None:
         typer.echo(f"  data: {json.dumps(stored.data)}")  # what it was trained on: shape, classes and their names, speakers ...
         if stored.training:
             typer.echo(f"  training: {json.dumps(stored.training)}")
+    if plot is not None and stored is not None and records is not None:
+        draw_curves(plot, records, family.task.unit, f"{family.name}: {stored.path.name}, training and held-out {family.task.unit}")
+        typer.echo(f"wrote {plot} (from {metrics_log_path(stored.path)})", err=True)
+
+
+def _is_checkpoint_path(name: str) -> bool:
+    return name.endswith(".safetensors") or os.sep in name or Path(name).is_file()
 
 
 def _count(n: int) -> str:

@@ -249,3 +249,15 @@ def test_device_cuda_without_cuda_is_one_line(command, text, tmp_path, monkeypat
     (tmp_path / "x.txt").write_text(text.read_text())
     Image.new("L", (28, 28)).save(tmp_path / "x.png")
     one_line_error(run(*command, "--device", "cuda"), "--device cuda: no CUDA device is available here")
+
+
+# -------------------------------------------------------------------------------------------------
+# generation too large for one run is refused up front
+
+
+def test_too_many_samples_are_refused_before_loading_the_model(tmp_path):
+    one_line_error(run("sample", "pixelcnn", "-n", 5000, "-o", tmp_path / "grid.png", "--device", "cpu"),
+                   "--count 5000 is more than the 1024 samples one run generates")
+    one_line_error(run("sample", "wavenet", "-n", 4, "--seconds", 600, "-o", tmp_path / "a.wav", "--device", "cpu"),
+                   "2400 s of audio, more than the 1800 s one run holds")
+    assert not list(tmp_path.iterdir())

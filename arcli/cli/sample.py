@@ -12,6 +12,9 @@ from arcli.cli.common import load, progress_bar, user_errors
 from arcli.errors import OptionError
 from arcli.tasks import SampleRequest
 
+MAX_COUNT = 1024  # samples per run, one batch: every row holds its own decoding caches (layers x channels x positions)
+MAX_TOTAL_SECONDS = 1800.0  # audio per run, all samples together: 28.8M samples at 16 kHz, held until written
+
 
 @user_errors
 def sample(
@@ -45,6 +48,14 @@ def sample(
     """Generate new samples from MODEL (its shipped checkpoint unless --checkpoint)."""
     if count < 1:
         raise OptionError(f"--count must be >= 1, got {count}")
+    # One run generates its samples as one batch and holds them in memory until they are written:
+    # refuse up front what could not finish, rather than be killed for memory hours later.
+    if count > MAX_COUNT:
+        raise OptionError(f"--count {count} is more than the {MAX_COUNT} samples one run generates (as one batch, in memory); "
+                          "run several times with different --seed values")
+    if seconds is not None and count * seconds > MAX_TOTAL_SECONDS:
+        raise OptionError(f"--count {count} x --seconds {seconds:g} is {count * seconds:g} s of audio, more than the "
+                          f"{MAX_TOTAL_SECONDS:g} s one run holds in memory; ask for fewer or shorter samples")
     decoding = opt.decoding(strategy, temperature, top_k, top_p, beam_size, nbest, length_penalty, max_length, min_length, seed)
     decoding.make_strategy("sample")  # check the decoding options before loading anything
     loaded = load(model, checkpoint, device.value, threads, stepwise=True)

@@ -13,6 +13,7 @@ N x 28 x 28), which arcli reads as black-and-white images:
     valid.npy   the last 5,000 training images          (held out during training)
     test.npy    the 10,000 test images                  (the table's test set), with labels beside:
     *-labels.npy
+    test-png/0000.png .. 0007.png   the first 8 test images as black-and-white PNGs (for complete-image)
 
 and prints the SHA-256 of test.npy (README.md records it).
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arcli.image.io import read_idx
+from arcli.image.io import read_idx, write_png
 
 TRAIN = 55_000  # the rest of the 60,000 training images are held out
 
@@ -62,6 +63,9 @@ def main() -> None:
     }
     for name, array in arrays.items():
         np.save(args.out / f"{name}.npy", array)
+    (args.out / "test-png").mkdir(exist_ok=True)
+    for i, image in enumerate(arrays["test"][:8]):
+        write_png(args.out / "test-png" / f"{i:04d}.png", image[..., None] * np.uint8(255))
     digest = hashlib.sha256((args.out / "test.npy").read_bytes()).hexdigest()
     on = arrays["test"].mean()
     print(f"wrote {args.out}: train {len(arrays['train'])}, valid {len(arrays['valid'])}, test {len(arrays['test'])} images; "

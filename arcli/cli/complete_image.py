@@ -40,7 +40,9 @@ def complete_image(
 
     Known pixels are kept exactly. Pixels after the hole in raster order are honoured by importance
     resampling: proposals are drawn with the known pixels forced, then resampled by the likelihood
-    the model gives the known pixels that follow the hole.
+    the model gives the known pixels that follow the hole. A model that generates in any order
+    (MADE) needs none of that: it generates in an ordering with every known pixel first, so each
+    completion is an exact sample of p(hidden | known), for any mask.
     """
     if count < 1:
         raise OptionError(f"--count must be >= 1, got {count}")

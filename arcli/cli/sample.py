@@ -29,6 +29,8 @@ def sample(
     mel_from: Annotated[Path | None, typer.Option(
         help="Vocoder: resynthesise this clip (wav/flac/ogg) from its log-mel frames, or take frames from a .npy (frames x mels)."
     )] = None,
+    text: Annotated[str | None, typer.Option(help="Text-to-speech: the words to speak (long text is cut at sentence ends).")] = None,
+    text_file: Annotated[Path | None, typer.Option(help="Text-to-speech: one utterance per line, one output file each ('-': stdin).")] = None,
     checkpoint: opt.Checkpoint = None,
     device: opt.Device = opt.DeviceChoice.auto,
     threads: opt.Threads = None,
@@ -62,7 +64,7 @@ def sample(
     update, close = progress_bar(loaded.family.task.progress_unit, quiet)
     request = SampleRequest(
         output=output, count=count, decoding=decoding, seconds=seconds, speaker=speaker, label=label,
-        prompt=prompt, spectrogram=spectrogram, mel_from=mel_from, force=force, progress=update,
+        prompt=prompt, spectrogram=spectrogram, mel_from=mel_from, text=text, text_file=text_file, force=force, progress=update,
     )
     try:
         loaded.family.task.sample(loaded, request)

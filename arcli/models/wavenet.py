@@ -131,6 +131,15 @@ class VocoderConfig(WaveNetConfig):
     stacks: int = 1
 
 
+@dataclass
+class TTSConfig(WaveNetConfig):
+    """WaveNet text-to-speech: locally conditioned on linguistic frames (arcli/audio/linguistic.py)
+    every 200 samples, and on a speaker. cond_channels is fitted to the training data's phoneme
+    inventory. One stack of 10 layers (64 ms) covers several pitch periods: the frames carry the rest."""
+
+    stacks: int = 1
+
+
 # -------------------------------------------------------------------------------------------------
 # model
 

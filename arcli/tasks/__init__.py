@@ -91,6 +91,8 @@ class SampleRequest:
     prompt: str | None = None  # text
     spectrogram: Path | None = None  # audio: also draw the result
     mel_from: Path | None = None  # vocoder: a clip to resynthesise, or a .npy of feature frames
+    text: str | None = None  # text-to-speech: the words to speak
+    text_file: Path | None = None  # text-to-speech: one utterance per line ('-' for stdin)
     force: bool = False  # overwrite existing output files
     progress: Callable[[int, int], None] | None = None
 

@@ -27,20 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from arcli.audio.features import MelSpec, log_mel, samples_for
 from arcli.audio.io import find_audio_files, load_audio, write_spectrogram_png, write_wav
 from arcli.audio.mulaw import mu_law_decode, mu_law_encode
 from arcli.decoding import Sample, generate
 from arcli.errors import DataError, OptionError
-from arcli.models.wavenet import LocalCondition, VocoderConfig, WaveNet, WaveNetConfig
+from arcli.models.wavenet import LocalCondition, TTSConfig, VocoderConfig, WaveNet, WaveNetConfig
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
 from arcli.tasks import LN2, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
+from arcli.tasks.conditioning import LinguisticFrames, MelFrames, Piece, Unconditioned
 from arcli.training import LossOutput
 
 DEFAULT_SECONDS = 2.0  # `arcli sample wavenet` without --seconds
@@ -64,13 +63,6 @@ class AudioBatch(NamedTuple):
     speakers: torch.Tensor | None  # (B,) speaker ids, None for an unconditional model
     frames: torch.Tensor | None = None  # (B, F, C) feature frames (right-padded), locally conditioned models
     offsets: torch.Tensor | None = None  # (B,) where each row's first sample sits in its frames' timeline
-
-
-def mel_spec(config: WaveNetConfig) -> MelSpec | None:
-    """The log-mel frames a locally conditioned WaveNet reads, from its config; None without."""
-    if not config.cond_channels:
-        return None
-    return MelSpec(sample_rate=config.sample_rate, n_mels=config.cond_channels, hop=config.cond_hop)
 
 
 def frame_slice(frames: torch.Tensor, start: int, length: int, hop: int) -> tuple[torch.Tensor, int]:
@@ -190,11 +182,12 @@ def _storable(codes: torch.Tensor, mu: int) -> torch.Tensor:
     return codes.to(torch.uint8 if mu <= 255 else torch.int32)
 
 
-def _load_clips(found: list[tuple[Path, int | None]], sample_rate: int, mu: int, spec: MelSpec | None = None) -> list[Clip]:
+def _load_clips(found: list[tuple[Path, int | None]], sample_rate: int, mu: int, frames_of=lambda path, audio: None) -> list[Clip]:
+    """Read every clip as mu-law codes, with its feature frames `frames_of(path, audio)` (None without)."""
     clips = []
     for path, speaker in found:
         audio = load_audio(path, sample_rate)
-        frames = None if spec is None else log_mel(audio, spec)
+        frames = frames_of(path, audio)
         clips.append(Clip(path, _storable(mu_law_encode(audio, mu), mu), speaker, frames))
     return clips
 
@@ -205,10 +198,15 @@ def _listing(names: list[str], count: int) -> str:
 
 
 class AudioTask(Task):
+    """Every WaveNet-shaped audio family; `features` says what its frames are (arcli/tasks/conditioning.py)."""
+
     modality = "audio"
     unit = "bits/sample"
     default_strategy = "sample"
     progress_unit = "sample"
+
+    def __init__(self, features=None):
+        self.features = Unconditioned() if features is None else features
 
     def info(self, family: ModelFamily, model: torch.nn.Module) -> dict[str, str]:
         config, rf = model.config, model.receptive_field
@@ -219,8 +217,7 @@ class AudioTask(Task):
             "quantisation": f"{config.quantization_channels} mu-law levels (mu = {config.quantization_channels - 1})",
             "speakers": str(config.num_speakers) if config.num_speakers else "none (unconditional)",
             "training crop": f"{crop_length(rf)} samples",
-            **({"conditioning": f"{config.cond_channels} log-mel bins every {config.cond_hop} samples "
-                f"({1000 * config.cond_hop / rate:g} ms), linearly interpolated"} if config.cond_channels else {}),
+            **self.features.describe(config, {}),
         }
 
     # --- training --------------------------------------------------------------------------------
@@ -229,7 +226,7 @@ class AudioTask(Task):
         if not 0 < request.valid_fraction < 1:
             raise ValueError(f"valid_fraction must lie in (0, 1), got {request.valid_fraction}")
         found = find_audio_files(request.data)
-        if config.cond_channels:  # a vocoder hears the voice in its frames: speaker sub-folders are only folders
+        if not self.features.uses_speakers:
             found = [(path, None) for path, _ in found]
         names = sorted({label for _, label in found if label is not None})
         if names:
@@ -255,7 +252,7 @@ class AudioTask(Task):
 
         if request.valid:
             held = find_audio_files(request.valid)
-            if config.cond_channels:
+            if not self.features.uses_speakers:
                 held = [(path, None) for path, _ in held]
             if names:
                 held = [(path, speaker_name(path, label, names)) for path, label in held]
@@ -270,9 +267,10 @@ class AudioTask(Task):
 
         mu = config.quantization_channels - 1
         rate = config.sample_rate
-        spec = mel_spec(config)
-        train = _load_clips([(path, speaker(label)) for path, label in train_files], rate, mu, spec)
-        valid = _load_clips([(path, speaker(label)) for path, label in valid_files], rate, mu, spec)
+        config, features = self.features.fit(config, [path for path, _ in train_files])
+        frames_of = lambda path, audio: self.features.clip_frames(path, audio, config, features)  # noqa: E731
+        train = _load_clips([(path, speaker(label)) for path, label in train_files], rate, mu, frames_of)
+        valid = _load_clips([(path, speaker(label)) for path, label in valid_files], rate, mu, frames_of)
         rf = family.build(config).receptive_field
         _refuse_short(train + valid, rf, rate)
 
@@ -288,8 +286,8 @@ class AudioTask(Task):
             "valid_seconds": round(valid_samples / rate, 3),
             "crop": crop,
         }
-        if spec is not None:
-            meta["features"] = {"kind": "log-mel", **dataclasses.asdict(spec)}
+        if features:
+            meta["features"] = features
         shown = ", ".join(names[:LISTED]) + (" ..." if len(names) > LISTED else "")
         who = f"{len(names)} speakers ({shown})" if names else "no speaker labels"
         print(
@@ -317,17 +315,24 @@ class AudioTask(Task):
         if decoding.nbest != 1:
             raise OptionError(f"--nbest does not apply to the audio model '{name}': ask for several samples with -n COUNT")
         rate = self._sample_rate(loaded)
-        frames, length = self._frames(loaded, request)  # (F, C) of a vocoder and the length they give, else None, 0
-        if frames is not None:
-            seconds = length / rate
-        else:
+        config = loaded.model.config
+        speaker, speaker_note = self._speaker(loaded, request.speaker)
+        names = list(loaded.checkpoint.data.get("speakers") or [])
+        features = loaded.checkpoint.data.get("features") or {}
+        utterances = self.features.utterances(config, features, request, names[speaker] if speaker is not None and speaker < len(names) else None)
+        if utterances is None:  # unconditional: --seconds long
             seconds = DEFAULT_SECONDS if request.seconds is None else request.seconds
-            length = round(seconds * rate)
-        if not 0 < seconds <= MAX_SECONDS:
-            raise OptionError(f"--seconds must be > 0 and at most {MAX_SECONDS:g}, got {seconds:g}")
-        if length < 1:
-            raise OptionError(f"--seconds {seconds:g} is less than one sample at {rate} Hz")
-        outputs = _output_paths(request.output, request.count)
+            if not 0 < seconds <= MAX_SECONDS:
+                raise OptionError(f"--seconds must be > 0 and at most {MAX_SECONDS:g}, got {seconds:g}")
+            if round(seconds * rate) < 1:
+                raise OptionError(f"--seconds {seconds:g} is less than one sample at {rate} Hz")
+            pieces: list[list[Piece | int]] = [[round(seconds * rate)]] * request.count
+        else:  # every utterance request.count times, each output file one utterance
+            pieces = [utterance for utterance in utterances for _ in range(request.count)]
+            longest = max(sum(length for _, length in utterance) for utterance in utterances) / rate
+            if longest > MAX_SECONDS:
+                raise OptionError(f"the audio would last {longest:.0f} s, more than the {MAX_SECONDS:g} s one file may hold: give less")
+        outputs = _output_paths(request.output, len(pieces))
         for path in outputs:
             check_new(path, request.force)
         if request.spectrogram is not None:
@@ -336,82 +341,61 @@ class AudioTask(Task):
             check_new(request.spectrogram, request.force)
         if outputs == ["-"] and sys.stdout.isatty():
             raise OptionError("refusing to write a WAV file to the terminal: give -o FILE.wav, or pipe the output")
-        speaker = self._speaker(loaded, request.speaker)  # last: its note comes only once every check has passed
+        if speaker_note:  # last: only once every check has passed
+            _note(speaker_note)
 
         strategy = decoding.make_strategy(self.default_strategy)
         if isinstance(strategy, Sample) and decoding.seed is None:
             _note(f"seed {strategy.seed} (pass --seed {strategy.seed} to repeat this run)")
-        condition = None if speaker is None else torch.full((request.count,), speaker, dtype=torch.long)
-        if frames is not None:
-            condition = LocalCondition(frames.expand(request.count, -1, -1), None, condition)
+        rows = [piece for output in pieces for piece in output]  # generated side by side, joined per output
+        condition = None if speaker is None else torch.full((len(rows),), speaker, dtype=torch.long)
+        if utterances is None:
+            length = rows[0]
+        else:
+            length = max(samples for _, samples in rows)
+            most = max(len(frames) for frames, _ in rows)
+            frames = torch.stack([torch.cat([f, f[-1:].expand(most - len(f), -1)]) for f, _ in rows])
+            condition = LocalCondition(frames, None, condition)
         started = time.perf_counter()
-        rows = generate(
-            loaded.model, strategy, max_length=length, batch_size=request.count, condition=condition, progress=request.progress
+        generated = generate(
+            loaded.model, strategy, max_length=length, batch_size=len(rows), condition=condition, progress=request.progress
         )
         elapsed = time.perf_counter() - started
 
-        mu = loaded.model.config.quantization_channels - 1
-        audio = [mu_law_decode(torch.tensor(row[0].tokens), mu) for row in rows]
+        mu = config.quantization_channels - 1
+        decoded = iter(mu_law_decode(torch.tensor(row[0].tokens), mu) for row in generated)
+        audio = []
+        for output in pieces:
+            parts = [next(decoded)[: (piece if utterances is None else piece[1])] for piece in output]
+            audio.append(torch.cat(parts))
         for path, clip in zip(outputs, audio, strict=True):
             write_wav(path, clip, rate)
         if request.spectrogram is not None:
             write_spectrogram_png(request.spectrogram, audio[0], rate)
-        made = length / rate
+        made = sum(len(clip) for clip in audio) / rate
         _note(
-            f"generated {request.count} x {made:g} s of audio in {elapsed:.1f} s "
-            f"(real-time factor {elapsed / (request.count * made):.2f}: seconds of compute per second of audio)"
+            f"generated {len(audio)} x {made / len(audio):.3g} s of audio in {elapsed:.1f} s "
+            f"(real-time factor {elapsed / made:.2f}: seconds of compute per second of audio)"
         )
         if len(outputs) > 1:
             _note(f"wrote {outputs[0]} ... {outputs[-1]} ({len(outputs)} files)")
 
-    def _frames(self, loaded: Loaded, request: SampleRequest) -> tuple[torch.Tensor | None, int]:
-        """The feature frames (F, C) a vocoder resynthesises, from --mel-from, and the samples to
-        make: a clip's own length, or (F - 1) * hop for a .npy of frames. (None, 0) for other models."""
-        config = loaded.model.config
-        if not config.cond_channels:
-            if request.mel_from is not None:
-                raise OptionError(f"--mel-from is for a vocoder (wavenet-vocoder); '{loaded.family.name}' takes no frames")
-            return None, 0
-        if request.mel_from is None:
-            raise OptionError("a vocoder resynthesises audio from log-mel frames: give --mel-from CLIP.wav (or FRAMES.npy)")
-        if request.seconds is not None:
-            raise OptionError("--seconds does not apply to a vocoder: the length comes from --mel-from")
-        path = request.mel_from
-        if path.suffix.lower() == ".npy":
-            if not path.is_file():
-                raise OptionError(f"--mel-from: no such file: '{path}'")
-            try:
-                array = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as error:
-                raise DataError(f"--mel-from {path}: not a readable .npy array ({error})") from None
-            if array.ndim != 2 or array.shape[1] != config.cond_channels or len(array) < 2 or not np.issubdtype(array.dtype, np.number):
-                raise DataError(
-                    f"--mel-from {path}: expected frames x {config.cond_channels} log-mel values (at least 2 frames), "
-                    f"got an array of shape {array.shape}"
-                )
-            frames = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-            if not torch.isfinite(frames).all():
-                raise DataError(f"--mel-from {path}: the frames hold NaN or infinite values")
-            return frames, samples_for(len(frames), config.cond_hop)
-        audio = load_audio(path, self._sample_rate(loaded))
-        return log_mel(audio, mel_spec(config)), len(audio)
-
     def _sample_rate(self, loaded: Loaded) -> int:
         return int(loaded.checkpoint.data.get("sample_rate") or loaded.model.config.sample_rate)
 
-    def _speaker(self, loaded: Loaded, requested: int | None) -> int | None:
+    def _speaker(self, loaded: Loaded, requested: int | None) -> tuple[int | None, str]:
+        """The speaker id to generate as, and a note to show when none was asked for."""
         count = loaded.model.config.num_speakers
         names = list(loaded.checkpoint.data.get("speakers") or [])
         if count == 0:
             if requested is not None:
-                raise OptionError("--speaker: this WaveNet is unconditional (trained without speaker sub-folders); leave --speaker out")
-            return None
+                raise OptionError(f"--speaker: '{loaded.family.name}' was trained without speaker sub-folders; leave --speaker out")
+            return None, ""
         if requested is None:
-            _note(f"no --speaker given: using speaker 0; speakers: {_listing(names, count)}")
-            return 0
+            return 0, f"no --speaker given: using speaker 0; speakers: {_listing(names, count)}"
         if not 0 <= requested < count:
             raise OptionError(f"--speaker {requested} is out of range: this model's speakers are {_listing(names, count)}")
-        return requested
+        return requested, ""
 
     # --- scoring ---------------------------------------------------------------------------------
 
@@ -426,7 +410,9 @@ class AudioTask(Task):
         mu = loaded.model.config.quantization_channels - 1
         found = find_audio_files(request.inputs)
         speakers, note = self._score_speakers(loaded, found)
-        clips = _load_clips(speakers, rate, mu, mel_spec(loaded.model.config))  # every file read before any work, or any note
+        config, features = loaded.model.config, loaded.checkpoint.data.get("features") or {}
+        frames_of = lambda path, audio: self.features.clip_frames(path, audio, config, features)  # noqa: E731
+        clips = _load_clips(speakers, rate, mu, frames_of)  # every file read before any work, or any note
         if note:
             _note(note)
         rf = loaded.model.receptive_field
@@ -541,6 +527,16 @@ WAVENET_VOCODER = ModelFamily(
     summary="WaveNet vocoder: raw audio from log-mel frames (local conditioning)",
     config_class=VocoderConfig,
     model_class=WaveNet,
-    task=AudioTask(),
+    task=AudioTask(MelFrames()),
     default_checkpoint="wavenet-vocoder-speech.safetensors",
+)
+
+WAVENET_TTS = ModelFamily(
+    name="wavenet-tts",
+    modality="audio",
+    summary="WaveNet text-to-speech: raw audio from espeak-ng phonemes and pitch (local conditioning)",
+    config_class=TTSConfig,
+    model_class=WaveNet,
+    task=AudioTask(LinguisticFrames()),
+    default_checkpoint="wavenet-tts-speech.safetensors",
 )

@@ -120,6 +120,7 @@ def checkpoints_dir() -> Path:
 _BUILTIN = {
     "wavenet": "arcli.tasks.audio:WAVENET",
     "wavenet-vocoder": "arcli.tasks.audio:WAVENET_VOCODER",
+    "wavenet-tts": "arcli.tasks.audio:WAVENET_TTS",
     "pixelcnn": "arcli.tasks.image:PIXELCNN",
     "fvsbn": "arcli.tasks.image:FVSBN_FAMILY",
     "nade": "arcli.tasks.image:NADE_FAMILY",

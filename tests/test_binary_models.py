@@ -211,3 +211,18 @@ def test_known_first_ordering_completes_exactly():
     assert float((counts - p).abs().max()) < 0.03
     logprob = torch.tensor([r[0].logprob for r in rows[:5]], dtype=torch.float64)
     torch.testing.assert_close(logprob, -nats[[int((ALL_IMAGES == d).all(1).nonzero()) for d in drawn[:5]]])
+
+
+def test_order_agnostic_training_draws_a_new_ordering_per_batch_repeatably():
+    config = MADEConfig(height=H, width=W, hidden=[7], orderings=2, order_agnostic=True)
+    draws = [config.training_ordering(torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert torch.equal(draws[0].order, draws[1].order) and torch.equal(draws[0].degrees[0], draws[1].degrees[0])
+    generator = torch.Generator().manual_seed(5)
+    orders = {tuple(config.training_ordering(generator).order.tolist()) for _ in range(20)}
+    assert len(orders) == 20  # 9! orderings: 20 draws differ
+    model = randomised(MADE(config))
+    changed = changed_outputs(model, random_images(8, 1), ordering=draws[0])
+    rank = torch.argsort(draws[0].order)
+    assert not (changed & ~(rank[None, :] > rank[:, None])).any()
+    assert MADEConfig(orderings=3).training_ordering(generator) in (0, 1, 2)
+    assert MADEConfig().training_ordering(generator) is None  # one ordering: the model's own

@@ -71,6 +71,12 @@ def orderings(model: torch.nn.Module) -> int:
     return int(getattr(model, "orderings", 1))
 
 
+def training_ordering(config):
+    """The config's `training_ordering(generator)` (what each training batch of a model with
+    several orderings trains), or None for a model of one ordering."""
+    return getattr(config, "training_ordering", None)
+
+
 def any_order(model: torch.nn.Module) -> bool:
     """Whether the model can generate in any ordering of its positions (`in_order`)."""
     return callable(getattr(model, "in_order", None))

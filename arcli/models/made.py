@@ -12,7 +12,8 @@ so the logit of pixel d depends only on pixels of lower rank: p(x) = prod_d p(x_
 
 `orderings = K` draws K (ordering, connectivity) pairs from `seed` (the first ordering is raster
 order, the others random permutations) and stores them in the checkpoint. Training uses one of
-them per batch, drawn at random; the model of the whole checkpoint is the uniform mixture
+them per batch, drawn at random (or, with `order_agnostic`, a new random pair per batch, so that
+the model learns every ordering, not K of them); the model of the whole checkpoint is the uniform mixture
 p(x) = (1/K) sum_k p_k(x), which is what `score-likelihood` reports (the log of the mean
 probability over the K orderings). `forward(..., ordering=k)` gives one ordering's logits.
 
@@ -57,20 +58,23 @@ def masks(ordering: Ordering, pixels: int) -> list[Tensor]:
     return found
 
 
+def draw_ordering(pixels: int, hidden: list[int], generator: torch.Generator, raster: bool = False) -> Ordering:
+    """A random permutation (raster order if `raster`) and connectivity: degrees uniform in
+    [min of the layer below, n-1] (1 for the first layer)."""
+    device = generator.device
+    order = torch.arange(pixels, device=device) if raster else torch.randperm(pixels, generator=generator, device=device)
+    degrees, low = [], 1
+    for size in hidden:
+        layer = torch.randint(low, pixels, (size,), generator=generator, device=device)  # low .. n-1
+        degrees.append(layer)
+        low = int(layer.min())
+    return Ordering(order, degrees)
+
+
 def draw_orderings(count: int, pixels: int, hidden: list[int], seed: int) -> list[Ordering]:
-    """`count` (ordering, connectivity) pairs from `seed`: raster order first, then random
-    permutations; degrees uniform in [min of the layer below, n-1] (1 for the first layer)."""
+    """`count` (ordering, connectivity) pairs from `seed`: raster order first, then random permutations."""
     generator = torch.Generator().manual_seed(seed)
-    drawn = []
-    for k in range(count):
-        order = torch.arange(pixels) if k == 0 else torch.randperm(pixels, generator=generator)
-        degrees, low = [], 1
-        for size in hidden:
-            layer = torch.randint(low, pixels, (size,), generator=generator)  # low .. n-1
-            degrees.append(layer)
-            low = int(layer.min())
-        drawn.append(Ordering(order, degrees))
-    return drawn
+    return [draw_ordering(pixels, hidden, generator, raster=k == 0) for k in range(count)]
 
 
 @dataclass
@@ -78,6 +82,7 @@ class MADEConfig(BinaryImageConfig):
     hidden: list[int] = field(default_factory=lambda: [500])  # units per hidden layer (ReLU); the paper's small model
     orderings: int = 1  # K (ordering, connectivity) pairs, one drawn per training batch; 1 = raster order only
     seed: int = 0  # draws the orderings and connectivities (stored in the checkpoint too)
+    order_agnostic: bool = False  # True: each training batch draws a new random ordering and connectivity instead of one of the K
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,13 +91,24 @@ class MADEConfig(BinaryImageConfig):
         if self.orderings < 1:
             raise ValueError(f"MADEConfig.orderings must be >= 1 (the orderings trained on), got {self.orderings}")
 
+    def training_ordering(self, generator: torch.Generator) -> int | Ordering | None:
+        """What one training batch trains (the image task draws it with the data's generator): one
+        of the K stored orderings, a fresh one (order-agnostic training, Uria et al. 2014: the model
+        then works in any ordering, which exact completion uses), or None (raster order, K = 1)."""
+        if self.order_agnostic:
+            return draw_ordering(self.pixels, self.hidden, generator)
+        if self.orderings > 1:
+            return int(torch.randint(self.orderings, (), generator=generator, device=generator.device))
+        return None
+
     def describe(self) -> dict[str, str]:
         layers = " -> ".join(str(h) for h in self.hidden)
         scored = "raster order" if self.orderings == 1 else \
             f"the uniform mixture of {self.orderings} orderings (raster + {self.orderings - 1} random): log of the mean probability"
         return {
             "architecture": f"MADE: masked autoencoder, hidden layers {layers} (ReLU)",
-            "orderings": f"{self.orderings}, one drawn per training batch; scored and sampled as {scored}",
+            "orderings": f"{self.orderings}, " + ("trained on a new random ordering per batch (order-agnostic)" if self.order_agnostic
+                                                  else "one drawn per training batch") + f"; scored and sampled as {scored}",
             "sampling cost": "step keeps the first layer's pre-activations (O(H_1)) and recomputes the later layers for one pixel",
         }
 

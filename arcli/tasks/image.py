@@ -29,7 +29,7 @@ from tqdm import tqdm
 from arcli.decoding import Sample, generate
 from arcli.errors import DataError, OptionError
 from arcli.image import pixels_to_tokens, tokens_to_pixels
-from arcli.image.contract import any_order, image_nats, image_shape, mixture_nats, orderings, token_nats
+from arcli.image.contract import any_order, image_nats, image_shape, mixture_nats, orderings, token_nats, training_ordering
 from arcli.image.io import ImageSet, convert_pixels, describe_shape, load_images, occlude, write_grid, write_heatmap, write_png
 from arcli.image.masks import known_first_order, mask_pixels
 from arcli.models.fvsbn import FVSBN, FVSBNConfig
@@ -50,23 +50,24 @@ LISTED_CLASSES = 16  # images whose drawn class `sample` names
 class ImageBatch(NamedTuple):
     tokens: torch.Tensor  # (B, T) sub-pixel values in raster order
     labels: torch.Tensor | None  # (B,) class ids, None for an unconditional model
-    ordering: int | None = None  # a training batch of a model with several orderings: the one it trains
+    ordering: object = None  # a training batch of a model with several orderings: the one it trains (None: the model's own)
 
 
 class ImageData:
     """Random training images (drawn with the given generator only); fixed held-out slices. For a
-    model with K > 1 orderings each training batch also draws the ordering it trains (uniformly,
-    with the same generator, so a resumed run draws the same ones)."""
+    model with several orderings each training batch also draws the ordering it trains
+    (`draw_ordering`, the config's `training_ordering`, with the same generator, so a resumed run
+    draws the same ones)."""
 
     def __init__(self, train: torch.Tensor, train_labels: torch.Tensor | None, valid: torch.Tensor, valid_labels: torch.Tensor | None,
-                 orderings: int = 1):
+                 draw_ordering=None):
         self.train, self.train_labels = train, train_labels  # (N, T) uint8/int32, (N,) long
         self.valid, self.valid_labels = valid, valid_labels
-        self.orderings = orderings
+        self.draw_ordering = draw_ordering
 
     def sample_batch(self, batch_size: int, generator: torch.Generator) -> ImageBatch:
         picks = torch.randint(len(self.train), (batch_size,), generator=generator, device=generator.device).cpu()
-        ordering = int(torch.randint(self.orderings, (), generator=generator, device=generator.device)) if self.orderings > 1 else None
+        ordering = None if self.draw_ordering is None else self.draw_ordering(generator)
         return ImageBatch(self.train[picks].long(), None if self.train_labels is None else self.train_labels[picks], ordering)
 
     def valid_batches(self, batch_size: int):
@@ -179,7 +180,7 @@ class ImageTask(Task):
         as_labels = lambda ids: None if ids is None else torch.tensor(ids, dtype=torch.long)  # noqa: E731
         image_data = ImageData(
             pixels_to_tokens(train_set.pixels, levels), as_labels(train_ids),
-            pixels_to_tokens(valid_set.pixels, levels), as_labels(valid_ids), orderings=orderings(config),
+            pixels_to_tokens(valid_set.pixels, levels), as_labels(valid_ids), draw_ordering=training_ordering(config),
         )
         meta = {
             "height": config.height,

@@ -24,6 +24,7 @@ train() {  # NAME FILE SETTINGS...
 train fvsbn fvsbn
 train made made-1 --set orderings=1
 train made made-32 --set orderings=32
+train made made-32-agnostic --set orderings=32 --set order_agnostic=true
 train nade nade --set hidden=200
 train pixelcnn pixelcnn-levels2 --set levels=2 --set hidden=32 --set layers=4
 echo "== done $(date +%T)"

@@ -13,6 +13,9 @@
 # which saves its checkpoint. Checkpoints (float16 weights) and the logs go to OUTDIR; the
 # resumable training states stay in OUTDIR/states.
 #
+# TTS_CORPUS, when set, is a folder from examples/speech/make_tts_corpus.py (clips with their phoneme
+# timing; pack_codes.py carries it): wavenet-tts then trains in place of the unshipped 3x10 WaveNet.
+#
 # ARCLI (default: arcli) is the command that runs arcli, e.g. "python3 -m arcli"; DEVICE (default cuda)
 # and PROBE_STEPS (default 150) exist for trying the script out with tiny settings on a CPU.
 set -uo pipefail
@@ -31,6 +34,10 @@ declare -A jobs=(
     [transformer]="transformer --src $bible/train.en --tgt $bible/train.es --valid-src $bible/valid.en --valid-tgt $bible/valid.es --batch-size 128 --lr 1e-3 --warmup-steps 400"
     [rnn-attention]="rnn-attention --src $bible/train.en --tgt $bible/train.es --valid-src $bible/valid.en --valid-tgt $bible/valid.es --batch-size 128 --lr 1e-3 --warmup-steps 200"
 )
+if [ -n "${TTS_CORPUS:-}" ]; then
+    unset 'jobs[wavenet-3x10]'
+    jobs[wavenet-tts]="wavenet-tts --data $TTS_CORPUS/train --valid $TTS_CORPUS/valid --set residual_channels=64 --set dilation_channels=64 --set skip_channels=256 --set end_channels=256 --batch-size 16 --lr 2e-3 --warmup-steps 300"
+fi
 
 seconds_of() {  # the seconds a checkpoint's optimisation steps took (held-out evaluation and saving left out)
     python3 -c "import json,sys; from safetensors import safe_open; m=safe_open(sys.argv[1],'pt').metadata(); print(json.loads(m['arcli.training'])['step_seconds'])" "$1"

@@ -9,8 +9,9 @@ a 16-bit corpus of 30 minutes is 61 MB of WAV; its mu-law codes, xz-compressed, 
 back exactly the codes that were packed (mu-law encoding of a bin centre gives its bin; checked on
 every clip by `unpack --check`, a quick self-test that encodes again after writing).
 
-The layout (split/speaker/name.wav) is kept; the archive is an xz stream of a JSON header line
-(paths, lengths, rates) followed by the concatenated codes.
+The layout (split/speaker/name.wav) is kept, with any `name.json` beside a clip (the phoneme
+timing of examples/speech/make_tts_corpus.py) and the corpus.json at the top; the archive is an xz
+stream of a JSON header line (paths, lengths, rates, those JSON files) followed by the concatenated codes.
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ def pack(corpus: Path, archive: Path, sample_rate: int) -> None:
     clips, chunks = [], []
     for path in found:
         codes = mu_law_encode(load_audio(path, sample_rate), MU).to(torch.uint8).numpy()
-        clips.append({"path": str(path.relative_to(corpus)), "samples": int(codes.size)})
+        clip = {"path": str(path.relative_to(corpus)), "samples": int(codes.size)}
+        if path.with_suffix(".json").is_file():
+            clip["sidecar"] = path.with_suffix(".json").read_text(encoding="utf-8")
+        clips.append(clip)
         chunks.append(codes)
     header = {"sample_rate": sample_rate, "mu": MU, "clips": clips}
+    if (corpus / "corpus.json").is_file():
+        header["corpus"] = (corpus / "corpus.json").read_text(encoding="utf-8")
     with lzma.open(archive, "wb", preset=6) as f:
         f.write((json.dumps(header) + "\n").encode())
         f.write(np.concatenate(chunks).tobytes())
@@ -64,8 +70,12 @@ def unpack(archive: Path, corpus: Path, check: bool) -> None:
             w.setsampwidth(2)
             w.setframerate(rate)
             w.writeframes(pcm.tobytes())
+        if "sidecar" in clip:
+            path.with_suffix(".json").write_text(clip["sidecar"], encoding="utf-8")
         if check and not torch.equal(mu_law_encode(load_audio(path, rate), mu), piece):
             sys.exit(f"unpack: '{path}' does not read back as the packed codes")
+    if "corpus" in header:
+        (corpus / "corpus.json").write_text(header["corpus"], encoding="utf-8")
     if offset != codes.size:
         sys.exit(f"unpack: the archive holds {codes.size} codes, its header {offset}")
     print(f"unpacked {len(header['clips'])} clips, {offset / rate / 60:.2f} min, into {corpus}", file=sys.stderr)

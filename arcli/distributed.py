@@ -187,7 +187,20 @@ def _collective(function, *args, **kwargs) -> None:
     try:
         function(*args, **kwargs)
     except (RuntimeError, dist.DistError) as error:
-        raise PeerLost(f"another training process stopped ({_first_line(error)})") from None
+        raise lost_peer(error) from None
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether an error raised inside a collective (DDP's gradient all-reduce in `backward`
+    included) comes from a process that went away, rather than from this one."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        sign in text for sign in ("gloo", "NCCL", "Connection closed", "Connection reset", "Broken pipe")
+    )
+
+
+def lost_peer(error: BaseException) -> PeerLost:
+    return PeerLost(f"another training process stopped ({_first_line(error)})")
 
 
 def _first_line(error: BaseException) -> str:

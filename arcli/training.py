@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from arcli.checkpoint import load_training_state, save_training_state
-from arcli.distributed import SINGLE, PeerLost, World, check_batch, shard, sum_over_ranks, wrap
+from arcli.distributed import SINGLE, PeerLost, World, check_batch, is_peer_failure, lost_peer, shard, sum_over_ranks, wrap
 from arcli.errors import ArcliError, CheckpointError, OptionError
 from arcli.metrics_log import MetricsLog
 
@@ -230,9 +230,14 @@ def train(
                     group["lr"] = lr
                 step_started = time.perf_counter()
                 batch = _to_device(shard(data.sample_batch(options.batch_size, generator), world), device)
-                objective, nll, count, stop_votes = _train_step(
-                    net, loss_fn, batch, optimizer, scaler, options.clip_norm, device, amp_dtype, step, world, stop.requested is not None
-                )
+                try:
+                    objective, nll, count, stop_votes = _train_step(
+                        net, loss_fn, batch, optimizer, scaler, options.clip_norm, device, amp_dtype, step, world, stop.requested is not None
+                    )
+                except RuntimeError as error:  # DDP's all-reduce inside backward meets a vanished process
+                    if world.parallel and is_peer_failure(error):
+                        raise lost_peer(error) from None
+                    raise
                 step += 1
                 step_seconds += time.perf_counter() - step_started
                 losses.append(objective)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -180,6 +181,9 @@ class DataParallel(DistributedDataParallel):
 def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
     if not world.parallel:
         return model
+    # Masked/strided convolution kernels (PixelCNN) get gradients laid out unlike DDP's buckets: a
+    # copy per step, which DDP warns about in every process; the result is the same.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     return DataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 

@@ -120,23 +120,24 @@ def stop(world: World) -> None:
         dist.destroy_process_group()
 
 
-def shard(batch: Any, world: World) -> Any:
-    """This rank's rows of a batch: dimension 0 of every tensor (inside tuples, named tuples, lists
-    and dicts) cut into `world.size` equal parts, part `world.rank` kept; None stays None."""
+def shard(batch: Any, world: World, rows: int) -> Any:
+    """This rank's rows of a batch of `rows` rows: every tensor whose first dimension is `rows`
+    (inside tuples, named tuples, lists and dicts) is cut into `world.size` equal parts and part
+    `world.rank` kept. Anything else (None, numbers, a tensor of another length such as the ordering
+    a MADE batch trains) is the batch's as a whole and goes to every rank unchanged."""
     if not world.parallel:
         return batch
+    if rows % world.size:
+        raise ValueError(f"a batch of {rows} rows does not divide among {world.size} processes")
+    per = rows // world.size
     if isinstance(batch, torch.Tensor):
-        rows = batch.shape[0] if batch.dim() else 0
-        if rows % world.size:
-            raise ValueError(f"a batch tensor of {rows} rows does not divide among {world.size} processes")
-        per = rows // world.size
-        return batch[world.rank * per : (world.rank + 1) * per]
+        return batch[world.rank * per : (world.rank + 1) * per] if batch.dim() and batch.shape[0] == rows else batch
     if isinstance(batch, dict):
-        return {k: shard(v, world) for k, v in batch.items()}
+        return {k: shard(v, world, rows) for k, v in batch.items()}
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(shard(v, world) for v in batch))
+        return type(batch)(*(shard(v, world, rows) for v in batch))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(shard(v, world) for v in batch)
+        return type(batch)(shard(v, world, rows) for v in batch)
     return batch
 
 

@@ -229,7 +229,7 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 step_started = time.perf_counter()
-                batch = _to_device(shard(data.sample_batch(options.batch_size, generator), world), device)
+                batch = _to_device(shard(data.sample_batch(options.batch_size, generator), world, options.batch_size), device)
                 try:
                     objective, nll, count, stop_votes = _train_step(
                         net, loss_fn, batch, optimizer, scaler, options.clip_norm, device, amp_dtype, step, world, stop.requested is not None

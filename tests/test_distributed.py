@@ -156,14 +156,16 @@ def test_a_world_size_that_does_not_divide_the_batch(text, tmp_path, monkeypatch
 
 def test_shard_keeps_this_ranks_rows_of_every_tensor():
     tokens = torch.arange(12).reshape(6, 2)
-    batch = {"pair": (tokens, torch.arange(6)), "labels": None, "names": [torch.arange(6) * 10]}
-    first, last = shard(batch, World(rank=0, size=3)), shard(batch, World(rank=2, size=3))
+    ordering = torch.tensor([2, 0, 1])  # a per-batch value (MADE's drawn ordering): every rank gets it whole
+    batch = {"pair": (tokens, torch.arange(6)), "labels": None, "names": [torch.arange(6) * 10], "ordering": ordering, "k": 4}
+    first, last = shard(batch, World(rank=0, size=3), 6), shard(batch, World(rank=2, size=3), 6)
     assert first["pair"][0].tolist() == [[0, 1], [2, 3]] and first["pair"][1].tolist() == [0, 1]
     assert last["pair"][0].tolist() == [[8, 9], [10, 11]] and last["names"][0].tolist() == [40, 50]
-    assert first["labels"] is None
-    assert shard(batch, World()) is batch
+    assert first["labels"] is None and first["k"] == 4
+    assert first["ordering"] is ordering and last["ordering"] is ordering
+    assert shard(batch, World(), 6) is batch
     with pytest.raises(ValueError, match="5 rows does not divide among 2"):
-        shard(torch.zeros(5), World(rank=0, size=2))
+        shard(torch.zeros(5), World(rank=0, size=2), 5)
 
 
 def test_world_from_the_environment():

@@ -128,6 +128,8 @@ _BUILTIN = {
     "transformer": "arcli.tasks.translation:TRANSFORMER",
     "rnn-attention": "arcli.tasks.translation:RNN_ATTENTION",
     "transformer-lm": "arcli.tasks.text:TRANSFORMER_LM",
+    "tcn": "arcli.tasks.text:TCN_LM",
+    "lstm-lm": "arcli.tasks.text:RNN_LM",
 }
 
 

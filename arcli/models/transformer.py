@@ -59,6 +59,12 @@ class TransformerLMConfig(TransformerConfig):
     vocab_size: int = 4000
     encoder_layers: int = 0
     decoder_layers: int = 4
+    tokenizer: str = "bpe"  # "bpe" (trained on the data, vocab_size entries) or "bytes" (UTF-8, lossless on any text)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.tokenizer not in ("bytes", "bpe"):
+            raise ValueError(f"tokenizer must be 'bytes' or 'bpe', got {self.tokenizer!r}")
 
 
 class Source(NamedTuple):

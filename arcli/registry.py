@@ -121,6 +121,8 @@ _BUILTIN = {
     "wavenet": "arcli.tasks.audio:WAVENET",
     "wavenet-vocoder": "arcli.tasks.audio:WAVENET_VOCODER",
     "wavenet-tts": "arcli.tasks.audio:WAVENET_TTS",
+    "vrnn": "arcli.tasks.continuous:VRNN_FAMILY",
+    "rnn-gauss": "arcli.tasks.continuous:RNN_GAUSS",
     "pixelcnn": "arcli.tasks.image:PIXELCNN",
     "fvsbn": "arcli.tasks.image:FVSBN_FAMILY",
     "nade": "arcli.tasks.image:NADE_FAMILY",

@@ -39,7 +39,7 @@ from arcli.errors import ArcliError, CheckpointError, OptionError
 from arcli.metrics_log import MetricsLog
 
 LN2 = math.log(2.0)
-UNITS = ("bits/sample", "bits/dim", "nats/token")
+UNITS = ("bits/sample", "bits/dim", "nats/token", "nats/frame")  # nats/frame: a density over real-valued frames (VRNN)
 
 
 @dataclass
@@ -97,6 +97,8 @@ def nll_metrics(nats_per_unit: float, unit: str) -> dict[str, float]:
     name = unit.replace("/", "_per_")
     if unit.startswith("bits/"):
         return {name: nats_per_unit / LN2}
+    if unit == "nats/frame":  # a continuous density: no perplexity
+        return {name: nats_per_unit}
     return {name: nats_per_unit, "perplexity": math.exp(nats_per_unit) if nats_per_unit < 700 else math.inf}
 
 
@@ -104,6 +106,8 @@ def format_nll(nats_per_unit: float, unit: str) -> str:
     """'2.951 bits/sample', '3.012 bits/dim', '2.104 nats/token (perplexity 8.20)'."""
     if unit == "nats/token":
         return f"{nats_per_unit:.3f} nats/token (perplexity {nll_metrics(nats_per_unit, unit)['perplexity']:.2f})"
+    if unit == "nats/frame":
+        return f"{nats_per_unit:.1f} nats/frame"
     return f"{nats_per_unit / LN2:.3f} {unit}"
 
 

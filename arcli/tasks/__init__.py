@@ -106,6 +106,7 @@ class ScoreRequest:
     tgt: Path | None = None
     force: bool = False
     batch_size: int = 16
+    samples: int | None = None  # latent-variable models: importance samples per input (None: the task's default)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class Task:
     unit = "nats/token"  # how training and scoring report likelihood
     default_strategy = "sample"
     progress_unit = "tok"  # what the progress bar counts
+    importance_sampled = False  # scores latent-variable models by importance sampling (takes --samples)
 
     def _refuse(self, family: ModelFamily, what: str) -> ArcliError:
         return ArcliError(f"'{family.name}' is {_article(self.modality)} {self.modality} model: it cannot {what} (see `arcli models`)")
@@ -174,4 +176,6 @@ def nats_to(unit: str, nats_per_unit: float) -> float:
     """Nats per unit in the unit's own terms: bits for bits/*, perplexity for nats/token."""
     if unit.startswith("bits/"):
         return nats_per_unit / LN2
+    if unit == "nats/frame":  # a continuous density: no perplexity
+        return nats_per_unit
     return math.exp(min(nats_per_unit, 700.0))

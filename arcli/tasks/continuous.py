@@ -160,10 +160,10 @@ class ContinuousAudioTask(Task):
         train = _load(train_files, ids, config)
         valid = _load(held, ids, config)
         audio = torch.cat([c.audio for c in train]).double()
+        if not round(float(audio.std()), 8) > 0:
+            raise DataError("the training audio is the same value throughout (silent): nothing to learn")
         config = dataclasses.replace(config, num_speakers=len(names), data_mean=round(float(audio.mean()), 8),
                                      data_std=round(float(audio.std()), 8))
-        if not config.data_std > 0:
-            raise DataError("the training audio is silent throughout: nothing to learn")
         rate, seconds, valid_seconds = config.sample_rate, len(audio) / config.sample_rate, sum(len(c.audio) for c in valid) / config.sample_rate
         meta = {"sample_rate": rate, "frame_size": config.frame_size, "speakers": names, "clips": len(train),
                 "seconds": round(seconds, 3), "valid_clips": len(valid), "valid_seconds": round(valid_seconds, 3)}

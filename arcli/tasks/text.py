@@ -231,7 +231,7 @@ TRANSFORMER_LM = ModelFamily(
     config_class=TransformerLMConfig,
     model_class=Transformer,
     task=TextTask(subword=True, context=MAX_TOKENS),
-    default_checkpoint=None,
+    default_checkpoint="transformer-lm-bible.safetensors",
 )
 
 TCN_LM = ModelFamily(
@@ -241,7 +241,7 @@ TCN_LM = ModelFamily(
     config_class=TCNConfig,
     model_class=TCN,
     task=TextTask(),
-    default_checkpoint=None,
+    default_checkpoint="tcn-bible.safetensors",
 )
 
 RNN_LM = ModelFamily(
@@ -251,5 +251,5 @@ RNN_LM = ModelFamily(
     config_class=RNNLMConfig,
     model_class=RNNLM,
     task=TextTask(),
-    default_checkpoint=None,
+    default_checkpoint="lstm-lm-bible.safetensors",
 )

@@ -66,6 +66,8 @@ CASES = {
     "transformer": ({**TEXT, "encoder_layers": 1}, source(30), 30),
     "rnn-attention": ({"embed_dim": 8, "hidden": 8, "vocab_size": 30, "dropout": 0.0}, source(30), 30),
     "transformer-lm": (TEXT, lambda g: None, 30),
+    "tcn": ({"channels": 8, "levels": 2, "vocab_size": 30, "eos_id": 1, "dropout": 0.0}, lambda g: None, 30),
+    "lstm-lm": ({"hidden": 8, "embed_dim": 4, "layers": 2, "vocab_size": 30, "eos_id": 1, "dropout": 0.0}, lambda g: None, 30),
 }
 
 

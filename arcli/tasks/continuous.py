@@ -140,7 +140,7 @@ class ContinuousAudioTask(Task):
         found = find_audio_files(request.data)
         names = sorted({label for _, label in found if label is not None}) if config.conditional else []
         if names and any(label is None for _, label in found):
-            raise DataError(f"'{next(p for p, l in found if l is None)}' is not in a speaker sub-folder, but other files are: "
+            raise DataError(f"'{next(path for path, label in found if label is None)}' is not in a speaker sub-folder, but other files are: "
                             "put every file in a speaker sub-folder, or none (or --set conditional=false)")
         if config.num_speakers not in (0, len(names)):
             raise OptionError(f"--set num_speakers={config.num_speakers}, but the data has {len(names)} speaker sub-folders: leave it out")
@@ -273,7 +273,7 @@ class ContinuousAudioTask(Task):
         elbo, estimate = (totals / frames_in_all).tolist()
         left = sum(len(c.audio) % config.frame_size for c in clips)
         where = (f"{len(clips)} files, {frames_in_all} frames of {config.frame_size} samples ({frames_in_all / per_second:.1f} s)"
-                 + (f"; {left} samples after the last whole frame of each file not scored" if left else ""))
+                 + (f"; {left} samples after the files' last whole frames, in all, not scored" if left else ""))
         if self.importance_sampled:
             print(f"columns: path, ELBO nats/frame, IS log p(x) nats/frame, ELBO nats/s, IS log p(x) nats/s, frames; {where}: "
                   f"ELBO {elbo:.2f} nats/frame ({elbo * per_second:.1f} nats/s, a lower bound); importance-sampled log p(x) "

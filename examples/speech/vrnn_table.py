@@ -2,10 +2,10 @@
 voiced-frame share of their samples beside real speech, and spectrograms of samples next to real speech.
 
     python examples/speech/vrnn_table.py data/speech30/valid --vrnn VRNN.safetensors --rnn-gauss RG.safetensors \
-        -o figures/vrnn-spectrograms.png [--samples 100] [--count 4] [--seconds 2] [--seed 1] [--wav-dir DIR]
+        -o figures/vrnn-spectrograms.png [--samples 100] [--count 4] [--seconds 2] [--seed 1] [--temperature 1] [--wav-dir DIR]
 
 Scores come from `arcli score-likelihood` (its summary line on stderr), samples from `arcli sample`
-(--seed SEED+i, speaker i mod the model's speakers), voicing from voicing.py (the share of non-silent
+(--seed SEED+i, speaker i mod the model's speakers, --temperature: the spread of each frame), voicing from voicing.py (the share of non-silent
 32 ms frames with a pitch). The PNG holds, one above the other, a real held-out clip's first
 --seconds, then one sample of each model as the same speaker. A markdown table goes to stdout.
 """
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--wav-dir", type=Path)
     args = parser.parse_args()
     wavs = args.wav_dir or args.output.parent
@@ -78,6 +79,7 @@ def main() -> None:
             out = wavs / f"{name}-sample-{i + 1}.wav"
             who = ["--speaker", str(i % len(speakers))] if speakers else []
             arcli("sample", name, "-c", str(checkpoint), "--seconds", str(args.seconds), "--seed", str(args.seed + i), *who,
+                  "--temperature", str(args.temperature),
                   "-o", str(out), "--force", "--quiet", "--device", "cpu")
             made[name].append(out)
     real = [path for path, _ in find_audio_files([args.valid])][: args.count]
@@ -86,7 +88,7 @@ def main() -> None:
         shares = [100 * voicing(load_audio(p, rate).numpy(), rate)["voiced"] for p in paths]
         return f"{min(shares):.0f}-{max(shares):.0f}% (mean {np.mean(shares):.0f}%)"
 
-    print(f"| model | held-out log-likelihood, nats/frame (nats/s) | voiced frames of {args.count} samples |")
+    print(f"| model | held-out log-likelihood, nats/frame (nats/s) | voiced frames of {args.count} samples, temperature {args.temperature:g} |")
     print("|---|---|---|")
     exact = scores["rnn-gauss"]["exact"]
     print(f"| rnn-gauss | {exact:.1f} ({exact * per_second:.0f}), exact | {voiced(made['rnn-gauss'])} |")
@@ -98,8 +100,8 @@ def main() -> None:
     speaker = speakers[0] if speakers else None
     clip = next((p for p, label in find_audio_files([args.valid]) if label == speaker), real[0])
     panels = [titled(clip, f"held-out speech: {clip.parent.name}/{clip.name}", rate, args.seconds),
-              titled(made["vrnn"][0], f"vrnn sample (speaker 0 = {speaker}, seed {args.seed})", rate, args.seconds),
-              titled(made["rnn-gauss"][0], f"rnn-gauss sample (speaker 0 = {speaker}, seed {args.seed})", rate, args.seconds)]
+              titled(made["vrnn"][0], f"vrnn sample (speaker 0 = {speaker}, seed {args.seed}, temperature {args.temperature:g})", rate, args.seconds),
+              titled(made["rnn-gauss"][0], f"rnn-gauss sample (speaker 0 = {speaker}, seed {args.seed}, temperature {args.temperature:g})", rate, args.seconds)]
     sheet = Image.new("RGB", (max(p.width for p in panels), sum(p.height for p in panels)), "white")
     top = 0
     for panel in panels:

@@ -127,6 +127,8 @@ _BUILTIN = {
     "fvsbn": "arcli.tasks.image:FVSBN_FAMILY",
     "nade": "arcli.tasks.image:NADE_FAMILY",
     "made": "arcli.tasks.image:MADE_FAMILY",
+    "pixelrnn-row": "arcli.tasks.image:PIXELRNN_ROW",
+    "pixelrnn-diagonal": "arcli.tasks.image:PIXELRNN_DIAGONAL",
     "transformer": "arcli.tasks.translation:TRANSFORMER",
     "rnn-attention": "arcli.tasks.translation:RNN_ATTENTION",
     "transformer-lm": "arcli.tasks.text:TRANSFORMER_LM",

@@ -36,6 +36,7 @@ from arcli.models.fvsbn import FVSBN, FVSBNConfig
 from arcli.models.made import MADE, MADEConfig
 from arcli.models.nade import NADE, NADEConfig
 from arcli.models.pixelcnn import PixelCNN, PixelCNNConfig, context  # noqa: F401  (context: re-exported)
+from arcli.models.pixelrnn import DiagonalBiLSTMConfig, PixelRNN, RowLSTMConfig
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
 from arcli.tasks import LN2, CompleteRequest, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
@@ -583,3 +584,8 @@ MADE_FAMILY = ModelFamily(
     task=ImageTask(),
     default_checkpoint="made-fashion-binary.safetensors",
 )
+
+PIXELRNN_ROW = ModelFamily(name="pixelrnn-row", modality="image", config_class=RowLSTMConfig, model_class=PixelRNN, task=ImageTask(),
+                           summary="PixelRNN Row LSTM: images, row-by-row LSTM layers (triangular context), 256-way softmax")
+PIXELRNN_DIAGONAL = ModelFamily(name="pixelrnn-diagonal", modality="image", config_class=DiagonalBiLSTMConfig, model_class=PixelRNN,
+                                task=ImageTask(), summary="PixelRNN Diagonal BiLSTM: images, diagonal LSTMs both ways (the whole past), 256-way softmax")

@@ -35,6 +35,7 @@ from arcli.audio.io import find_audio_files, load_audio, write_spectrogram_png, 
 from arcli.audio.mulaw import mu_law_decode, mu_law_encode
 from arcli.decoding import Sample, generate
 from arcli.errors import DataError, OptionError
+from arcli.models import wavenet_fused
 from arcli.models.wavenet import LocalCondition, TTSConfig, VocoderConfig, WaveNet, WaveNetConfig
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
@@ -357,13 +358,21 @@ class AudioTask(Task):
             frames = torch.stack([torch.cat([f, f[-1:].expand(most - len(f), -1)]) for f, _ in rows])
             condition = LocalCondition(frames, None, condition)
         started = time.perf_counter()
-        generated = generate(
-            loaded.model, strategy, max_length=length, batch_size=len(rows), condition=condition, progress=request.progress
-        )
+        fused = wavenet_fused.plan(loaded.model, strategy, len(rows), loaded.device)
+        if fused is not None:  # the same samples, each row only as long as it needs
+            lengths = [length] * len(rows) if utterances is None else [samples for _, samples in rows]
+            per_row = [None] * len(rows) if utterances is None else list(condition.frames)
+            speakers = [speaker] * len(rows)
+            tokens = wavenet_fused.generate(loaded.model, strategy, lengths, speakers, per_row, *fused, progress=request.progress)
+        else:
+            generated = generate(
+                loaded.model, strategy, max_length=length, batch_size=len(rows), condition=condition, progress=request.progress
+            )
+            tokens = [row[0].tokens for row in generated]
         elapsed = time.perf_counter() - started
 
         mu = config.quantization_channels - 1
-        decoded = iter(mu_law_decode(torch.tensor(row[0].tokens), mu) for row in generated)
+        decoded = iter(mu_law_decode(torch.as_tensor(row, dtype=torch.long), mu) for row in tokens)
         audio = []
         for output in pieces:
             parts = [next(decoded)[: (piece if utterances is None else piece[1])] for piece in output]

@@ -1,0 +1,72 @@
+"""The fused WaveNet step (arcli/models/wavenet_fused.c): the same logits as `forward`, the same
+samples as the engine for the same seed, and the reference path when no compiler is found."""
+
+import numpy as np
+import pytest
+import torch
+
+from arcli.decoding import Greedy, Sample, generate
+from arcli.decoding.processors import Temperature
+from arcli.models import wavenet_fused
+from arcli.models.wavenet import LocalCondition, WaveNet, WaveNetConfig
+
+pytestmark = pytest.mark.skipif(wavenet_fused.library() is None, reason="no C compiler for the fused step")
+
+
+def model(**extra) -> WaveNet:
+    torch.manual_seed(0)
+    config = WaveNetConfig(residual_channels=8, dilation_channels=6, skip_channels=10, end_channels=12, layers_per_stack=4, stacks=2, **extra)
+    net = WaveNet(config).eval()
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.normal_(0, 0.3)  # far from the initialisation, so that every path matters
+    return net
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_fused_logits_equal_forward(conditioned):
+    net = model(num_speakers=3, cond_channels=5, cond_hidden=7, cond_hop=4) if conditioned else model()
+    frames = torch.randn(20, 5) if conditioned else None
+    tokens = torch.randint(0, 256, (70,), generator=torch.Generator().manual_seed(1))
+    condition = LocalCondition(frames[None], None, torch.tensor([2])) if conditioned else None
+    with torch.inference_mode():
+        expected = net(tokens[None], condition)[0]
+    row = wavenet_fused.FusedRow(net, 2 if conditioned else None, frames)
+    logits = []
+    for t in range(len(tokens)):  # teacher forcing: each step is fed the true previous sample
+        _, out = row.run(1, greedy=True, logits=True)
+        logits.append(out[0])
+        row.previous[0] = tokens[t]
+    torch.testing.assert_close(torch.from_numpy(np.stack(logits)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", [Sample(seed=5), Sample([Temperature(0.7)], seed=9), Greedy()], ids=["T1", "T0.7", "greedy"])
+def test_fused_samples_equal_the_engine(strategy):
+    net = model(num_speakers=2, cond_channels=3, cond_hidden=4, cond_hop=5)
+    frames = torch.randn(2, 90, 3)
+    condition = LocalCondition(frames, None, torch.tensor([1, 0]))
+    engine = generate(net, strategy, max_length=400, batch_size=2, condition=condition)
+    plan = wavenet_fused.plan(net, strategy, 2, torch.device("cpu"))
+    assert plan is not None
+    fused = wavenet_fused.generate(net, strategy, [400, 250], [1, 0], list(frames), *plan)
+    assert np.array_equal(fused[0], engine[0][0].tokens)
+    assert np.array_equal(fused[1], engine[1][0].tokens[:250])  # a shorter row is the same prefix
+
+
+def test_reference_path_without_a_compiler(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(wavenet_fused, "_library", None)
+    monkeypatch.setattr(wavenet_fused, "_failure", None)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("ARCLI_CACHE", str(tmp_path))
+    assert wavenet_fused.plan(model(), Sample(seed=1), 1, torch.device("cpu")) is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "without the fused WaveNet step" in err[0]
+
+
+def test_not_used_where_it_cannot_match():
+    net = model()
+    cpu = torch.device("cpu")
+    assert wavenet_fused.plan(net, Sample(nbest=2, seed=1), 1, cpu) is None
+    assert wavenet_fused.plan(net, Sample(seed=1), wavenet_fused.FUSED_MAX_ROWS + 1, cpu) is None
+    from arcli.decoding.processors import TopK
+    assert wavenet_fused.plan(net, Sample([TopK(5)], seed=1), 1, cpu) is None

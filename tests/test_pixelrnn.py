@@ -128,7 +128,8 @@ def test_each_diagonal_direction_alone(direction):
     Left-to-right: the maps at every (i', j') with i' <= i, j' <= j, and the 3x3 mask-A conv
     widens that to the rows above up to column j+1 and the current row left of j. Right-to-left
     (shifted down a row): the maps and the image of rows above at columns >= j, widened to j-1;
-    the residual path adds the first conv's own field (here the pixel to the left). Neither sees the current pixel or anything right of it in its row: that would be the future."""
+    the residual path adds the first conv's own field (here the pixel to the left). Neither sees
+    the current pixel or anything right of it in its row: that would be the future."""
     model = tiny("diagonal", first_kernel=3, layers=1, height=5, width=6)
     other = getattr(model.layers[0], "right_to_left" if direction == "left_to_right" else "left_to_right")
     with torch.no_grad():

@@ -57,25 +57,25 @@ from arcli.models.pixelcnn import MaskedConv2d, colour_groups
 # building blocks
 
 
-def lstm_cell(gates: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
-    """gates (B, 4h, ...) = [i | f | o | g], c_prev (B, h, ...) -> (h, c), both (B, h, ...)."""
-    i, f, o, g = gates.chunk(4, dim=1)
+def lstm_cell(gates: Tensor, c_prev: Tensor, dim: int = 1) -> tuple[Tensor, Tensor]:
+    """gates (B, 4h, ...) = [i | f | o | g] along `dim`, c_prev (B, h, ...) -> (h, c), both (B, h, ...)."""
+    i, f, o, g = gates.chunk(4, dim=dim)
     c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def skew(x: Tensor) -> Tensor:
-    """(B, F, H, W) -> (B, F, H, W+H-1): row i shifted right by i, so diagonal i+j is column i+j."""
+    """(B, F, H, W) -> (B, F, H, W+H-1): row i shifted right by i, so diagonal i+j is column i+j.
+    Rows padded to W+H and read with a row length of W+H-1: element i*(W+H-1) + i+j is x[i, j]."""
     B, maps, H, W = x.shape
-    out = x.new_zeros(B, maps, H, W + H - 1)
-    for i in range(H):
-        out[:, :, i, i : i + W] = x[:, :, i]
-    return out
+    return F.pad(x, (0, H)).flatten(2)[:, :, : H * (W + H - 1)].view(B, maps, H, W + H - 1)
 
 
 def unskew(x: Tensor, width: int) -> Tensor:
-    """The inverse of `skew`: (B, F, H, W+H-1) -> (B, F, H, W)."""
-    return torch.stack([x[:, :, i, i : i + width] for i in range(x.shape[2])], 2)
+    """The inverse of `skew`: (B, F, H, W+H-1) -> (B, F, H, W), read with a row length of W+H+1."""
+    B, maps, H, _ = x.shape
+    flat = F.pad(F.pad(x, (0, 1)).flatten(2), (0, H))  # (B, F, H*(W+H+1))
+    return flat.view(B, maps, H, width + H + 1)[:, :, :, :width]
 
 
 class _Layer(nn.Module):
@@ -116,8 +116,8 @@ class RowLSTMLayer(_Layer):
 
 
 class ColumnLSTM(nn.Module):
-    """One direction of the Diagonal BiLSTM: 1x1 mask-B input-to-state, skew, an LSTM along the
-    columns with a 2x1 state-to-state conv (rows i-1 and i of the previous column), unskew."""
+    """The weights of one direction of the Diagonal BiLSTM: a 1x1 mask-B input-to-state conv and a
+    2x1 state-to-state conv (rows i-1 and i of the previous skewed column); `column_lstms` runs it."""
 
     def __init__(self, layer: _Layer, num_classes: int, image_channels: int = 0):
         super().__init__()
@@ -128,25 +128,33 @@ class ColumnLSTM(nn.Module):
         self.state_to_state = nn.Conv1d(h, 4 * h, 2, bias=False)  # taps: [0] the pixel above, [1] the pixel left
         self.label = layer.label_bias(num_classes)
 
-    def forward(self, x: Tensor, label: Tensor | None, image: Tensor | None = None) -> Tensor:
-        """x: (B, 2h, H, W), image (B, C, H, W) if it reads the image -> h (B, h, H, W); h at (i, j)
-        has seen x (and the image) at every (i', j') with i' <= i, j' <= j."""
-        B, _, H, W = x.shape
-        gates_in = self.input_to_state(x)  # (B, 4h, H, W)
+    def gates(self, x: Tensor, label: Tensor | None, image: Tensor | None) -> Tensor:
+        """The input-to-state part of the gates: x (B, 2h, H, W), image (B, C, H, W) -> (B, 4h, H, W)."""
+        gates_in = self.input_to_state(x)
         if self.image_to_state is not None:
             gates_in = gates_in + self.image_to_state(image)
         if self.label is not None:
             gates_in = gates_in + self.label(label)[:, :, None, None]
-        gates_in = skew(gates_in)  # (B, 4h, H, W+H-1)
-        rows = torch.arange(H, device=x.device)
-        h = c = x.new_zeros(B, self.units, H)
-        columns = []
-        for k in range(W + H - 1):
-            h, c = lstm_cell(gates_in[:, :, :, k] + self.state_to_state(F.pad(h, (1, 0))), c)  # (B, h, H)
-            inside = ((k - rows >= 0) & (k - rows < W)).to(x.dtype)  # (H,): column k holds pixel (i, k-i)
-            h, c = h * inside, c * inside  # a state left of column 0 is zero, as the step's
-            columns.append(h)
-        return unskew(torch.stack(columns, 3), W)
+        return gates_in
+
+
+def column_lstms(gates_in: Tensor, state_to_state: Tensor) -> Tensor:
+    """D column LSTMs side by side (the two directions of a layer, each its own weights).
+    gates_in: (B, D, 4h, H, W) input-to-state gates; state_to_state: (D*4h, h, 2) -> h (B, D, h, H, W).
+    Skewed, the LSTM runs over the W+H-1 columns; h at (i, j) sees (i', j') with i' <= i, j' <= j."""
+    B, D, G, H, W = gates_in.shape
+    skewed = skew(gates_in.flatten(1, 2)).view(B, D, G, H, -1).permute(4, 0, 1, 2, 3).contiguous()  # (W+H-1, B, D, 4h, H)
+    rows = torch.arange(H, device=gates_in.device)
+    h = c = gates_in.new_zeros(B, D, G // 4, H)
+    columns = []
+    for k in range(W + H - 1):
+        recurrent = F.conv1d(F.pad(h.flatten(1, 2), (1, 0)), state_to_state, groups=D).view(B, D, G, H)  # rows i-1, i of column k-1
+        h, c = lstm_cell(skewed[k] + recurrent, c, dim=2)  # (B, D, h, H)
+        inside = ((k - rows >= 0) & (k - rows < W)).to(h.dtype)  # (H,): column k holds pixel (i, k-i)
+        h, c = h * inside, c * inside  # a state left of column 0 is zero, as the step's
+        columns.append(h)
+    out = torch.stack(columns, -1)  # (B, D, h, H, W+H-1)
+    return unskew(out.flatten(1, 2), W).view(B, D, G // 4, H, W)
 
 
 class DiagonalBiLSTMLayer(_Layer):
@@ -157,9 +165,11 @@ class DiagonalBiLSTMLayer(_Layer):
 
     def forward(self, x: Tensor, label: Tensor | None, image: Tensor) -> Tensor:
         """x: (B, 2h, H, W), image (B, C, H, W) scaled -> (B, 2h, H, W)."""
-        backward = self.right_to_left(x.flip(3), label, image.flip(3)).flip(3)  # (B, h, H, W): sees rows <= i, columns >= j
-        backward = F.pad(backward, (0, 0, 1, 0))[:, :, :-1]  # shifted down one row: only rows < i
-        return x + self.out(self.left_to_right(x, label) + backward)
+        gates = torch.stack([self.left_to_right.gates(x, label, None), self.right_to_left.gates(x.flip(3), label, image.flip(3))], 1)
+        weights = torch.cat([self.left_to_right.state_to_state.weight, self.right_to_left.state_to_state.weight])  # (2*4h, h, 2)
+        forward, backward = column_lstms(gates, weights).unbind(1)  # (B, h, H, W) each; the second mirrored
+        backward = F.pad(backward.flip(3), (0, 0, 1, 0))[:, :, :-1]  # sees rows <= i, columns >= j; shifted down: rows < i
+        return x + self.out(forward + backward)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -198,11 +208,13 @@ class PixelRNNConfig:
     def describe(self) -> dict[str, str]:
         r = self.first_kernel // 2
         if self.kind == "row":
-            kind = f"Row LSTM: {self.first_kernel}x{self.first_kernel} mask-A conv, {self.layers} residual Row LSTM layers of {self.hidden} units (k=3 state-to-state over the row above)"
+            kind = (f"Row LSTM: {self.first_kernel}x{self.first_kernel} mask-A conv, {self.layers} residual Row LSTM layers "
+                    f"of {self.hidden} units (k=3 state-to-state over the row above)")
             seen = (f"a triangle: d rows up, columns -(d+{self.layers + r}) .. +(d+{r - 1}); in the current row "
                     f"{r + self.layers} pixels to the left")
         else:
-            kind = f"Diagonal BiLSTM: {self.first_kernel}x{self.first_kernel} mask-A conv, {self.layers} residual Diagonal BiLSTM layers of {self.hidden} units per direction"
+            kind = (f"Diagonal BiLSTM: {self.first_kernel}x{self.first_kernel} mask-A conv, {self.layers} residual Diagonal "
+                    f"BiLSTM layers of {self.hidden} units per direction")
             seen = "the whole past: every earlier pixel"
         return {"architecture": kind, "receptive field": seen,
                 "sampling cost": "step keeps each layer's LSTM states per row: O(layers * hidden^2) per pixel"}
@@ -239,7 +251,7 @@ def receptive_field(config: PixelRNNConfig, i: int, j: int) -> set[tuple[int, in
     (r rows up at -r .. +r, the current row at -r .. -1), row i-d sees columns j-d-L-r .. j+d+r-1
     and row i the r+L pixels to the left. Diagonal BiLSTM: every earlier pixel. (A 1x1 first layer,
     r = 0, is left out: on a grey image its mask A sees nothing, so the Row LSTM sees nothing.)"""
-    H, W, r, L = config.height, config.width, config.first_kernel // 2, config.layers
+    W, r, L = config.width, config.first_kernel // 2, config.layers
     if r == 0:
         raise ValueError("receptive_field: first_kernel must be >= 3")
     field = set()

@@ -8,6 +8,7 @@ values) -- this prints samples/s side by side for
   (a) naive generation: for each new sample, `forward` over the last receptive-field window;
   (b) arcli's incremental `step` (per-layer ring buffers), driven by a bare loop that samples from
       the softmax, at batch 1 and 16; and the same through `arcli.decoding.generate` when present;
+      and the fused C step (arcli/models/wavenet_fused.c) that `arcli sample` uses at batch <= 4;
   (c) the peer, PyPI `wavenet-vocoder==0.1.1` (r9y9), with its `incremental_forward` on the same
       architecture (same layers, stacks and channel widths), at batch 1 (its sampler draws one row).
 Every figure is the best of --repeats runs, since a shared machine is noisy; "x real time" is
@@ -111,6 +112,19 @@ def engine(model: WaveNet, batch: int, samples: int):
     return batch * samples, time.perf_counter() - begin
 
 
+def fused(model: WaveNet, batch: int, samples: int):
+    """The fused C step (arcli/models/wavenet_fused.c): rows one after another, sampling included."""
+    from arcli.decoding import Sample
+    from arcli.models import wavenet_fused
+
+    speaker = 0 if model.config.num_speakers else None
+    strategy = Sample(seed=0)
+    wavenet_fused.generate(model, strategy, [50] * batch, [speaker] * batch, [None] * batch, 1.0, False)  # warm-up, compile
+    begin = time.perf_counter()
+    wavenet_fused.generate(model, strategy, [samples] * batch, [speaker] * batch, [None] * batch, 1.0, False)
+    return batch * samples, time.perf_counter() - begin
+
+
 def peer_model(config: WaveNetConfig):
     """r9y9's WaveNet with arcli's architecture: kernel 2, same layers, stacks and widths, and a
     speaker embedding feeding every layer's gate when arcli's model is conditional."""
@@ -196,6 +210,13 @@ def main() -> None:
                                               best_rate(args.repeats, lambda b=batch, n=n: engine(model, b, n)))
         except ImportError as error:
             print(f"    arcli.decoding.generate not available: {error}")
+        try:
+            results["fused", batch] = report("    fused C step + sampling (rows in turn)", batch,
+                                             best_rate(args.repeats, lambda b=batch, n=n: fused(model, b, n)))
+            if ("engine", batch) in results:
+                print(f"    fused / generate: {results['fused', batch] / results['engine', batch]:.1f}x")
+        except OSError as error:
+            print(f"    fused step unavailable: {error}")
         print(f"    incremental / naive: {results['step', batch] / results['naive', batch]:.0f}x\n")
 
     try:
@@ -206,6 +227,8 @@ def main() -> None:
         if ("engine", 1) in results:
             print(f"    arcli generate / peer, batch 1: {results['engine', 1] / results['peer', 1]:.1f}x")
         print(f"    arcli step + sampling at batch 16 / peer at batch 1: {results['step', 16] / results['peer', 1]:.1f}x")
+        if ("fused", 1) in results:
+            print(f"    fused / peer, batch 1: {results['fused', 1] / results['peer', 1]:.1f}x")
     except Exception as error:  # any failure of the peer: say why and keep arcli's figures
         print(f"(c) peer wavenet_vocoder unavailable: {type(error).__name__}: {error}")
 

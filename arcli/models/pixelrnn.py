@@ -182,7 +182,7 @@ class PixelRNNConfig:
     width: int = 28
     channels: int = 1  # 1 grey, 3 RGB (sub-pixel order R, G, B)
     levels: int = 256  # values per sub-pixel: 8 bits, a 256-way softmax (2: binary images)
-    hidden: int = 16  # LSTM units per layer (a multiple of channels); the residual stream has 2*hidden maps
+    hidden: int = 32  # LSTM units per layer (a multiple of channels); the residual stream has 2*hidden maps (the table's models)
     layers: int = 2  # LSTM layers; the paper's MNIST models have 1 to 7, the CIFAR ones 12
     first_kernel: int = 7  # odd; the paper's 7x7 mask-A first convolution
     num_classes: int = 0  # 0 = unconditional; > 0 = class-conditional (a label bias on every layer's gates)

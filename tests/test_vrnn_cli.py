@@ -172,3 +172,13 @@ def test_score_mistakes(trained, tmp_path):
     sf.write(silent, np.zeros(400, dtype=np.float32), RATE)
     one_line_error(run("train", "vrnn", "--data", silent, "-o", tmp_path / "z.safetensors", *settings, "--valid", silent), "silent")
     assert not any(tmp_path.glob("[xyz]*"))
+
+
+def test_the_shipped_vrnn_samples_two_seconds_as_a_speaker(tmp_path):
+    out = tmp_path / "out.wav"
+    result = ok(run("sample", "vrnn", "--seconds", 0.05, "--speaker", 3, "--seed", 0, "-o", out, "--quiet", "--device", "cpu"))
+    audio, rate = sf.read(out)
+    assert rate == 16000 and audio.shape == (800,) and np.abs(audio).max() > 0
+    assert "ancestral sampling" in result.stderr
+    stored = read_checkpoint(get_family("vrnn").shipped_checkpoint(), expected_model="vrnn")
+    assert stored.config["num_speakers"] == 8 and stored.metrics["valid_nll"] < 0  # a density: -ELBO per frame below 0

@@ -38,7 +38,7 @@ def _headline(family, stored) -> str:
     if metric is None:
         return "-"
     unit = family.task.unit
-    label = "ppl" if unit == "nats/token" else unit
+    label = {"nats/token": "ppl", "nats/frame": "nats/frame NLL"}.get(unit, unit)  # a density's NLL may be negative
     return f"{nats_to(unit, metric):.3f} {label} (held-out)"
 
 

@@ -362,6 +362,7 @@ VRNN_FAMILY = ModelFamily(
     config_class=VRNNConfig,
     model_class=VRNN,
     task=ContinuousAudioTask(latent=True),
+    default_checkpoint="vrnn-speech.safetensors",
 )
 
 RNN_GAUSS = ModelFamily(

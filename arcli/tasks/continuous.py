@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from tqdm import tqdm
 
 from arcli.audio.io import find_audio_files, load_audio, write_spectrogram_png, write_wav
 from arcli.decoding.continuous import sample_frames
@@ -37,7 +36,7 @@ from arcli.models.vrnn import VRNN, RNNGauss, RNNGaussConfig, VRNNConfig
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
 from arcli.tasks import Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
-from arcli.tasks.audio import speaker_name
+from arcli.tasks.audio import _listing, _note, speaker_name
 from arcli.training import LossOutput
 
 DEFAULT_SECONDS = 2.0  # `arcli sample vrnn` without --seconds
@@ -100,14 +99,6 @@ class FrameData:
         for begin in range(0, len(self.valid), batch_size):
             chunk = self.valid[begin : begin + batch_size]
             yield make_batch([clip_frames(c.audio, self.frame_size) for c in chunk], [c.speaker for c in chunk])
-
-
-def _note(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
-
-
-def _listing(names: list[str], count: int) -> str:
-    return ", ".join(f"{i}={names[i]}" if i < len(names) else str(i) for i in range(count))
 
 
 class ContinuousAudioTask(Task):

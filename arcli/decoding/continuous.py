@@ -80,3 +80,26 @@ def sample_frames(
         if progress is not None:
             progress(step + 1, steps)
     return torch.stack(frames, 1)
+
+
+class GaussianSteps(torch.nn.Module):
+    """A model whose `step(state, previous)` gives the mean and log-scale (B, 2) of the next scalar
+    sample from the previous samples (B,) (None first), as a `ContinuousModel` of frames of one
+    sample, for `sample_frames`: a WaveNet with a gaussian head (arcli/models/wavenet.py). Each draw
+    is mean + temperature * scale * N(0, 1), clipped to [-1, 1] (the waveform's range), and is fed
+    back as the next step's input."""
+
+    frame_size = 1
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def start(self, batch_size: int, condition: Any = None) -> tuple[Any, Tensor | None]:
+        return self.model.start(batch_size, condition), None
+
+    def sample_step(self, state: tuple[Any, Tensor | None], noise: RowNoise, temperature: float) -> tuple[Tensor, Any]:
+        inner, previous = state
+        params, inner = self.model.step(inner, previous)  # (B, 2)
+        drawn = (params[:, 0] + temperature * params[:, 1].exp() * noise.normal(1)[:, 0].to(params.dtype)).clamp(-1.0, 1.0)  # (B,)
+        return drawn[:, None], (inner, drawn)

@@ -7,6 +7,16 @@ Two views of one distribution p(x_t | x_<t, speaker):
 
 Shift convention: the network's input at position t is x_{t-1} (a zero vector at t = 0), so
 `forward(x)[:, t]` are the logits of x_t given x_<t, and the first `step(state, None)` gives x_0's.
+
+Two output heads (`WaveNetConfig.output`):
+- "categorical": a softmax over 8-bit mu-law codes (the paper's); inputs are codes (B, T) long.
+- "gaussian": the course notes' parametric alternative, as in ClariNet (Ping et al. 2018): the
+  head gives the mean and log-scale of a Gaussian over the waveform x_t in [-1, 1], the log-scale
+  floored at `min_log_scale`; inputs are the float samples (B, T), the input embedding a 1x1 conv
+  of one channel. Its likelihood of 16-bit audio is `gaussian_16bit_nats`: the Gaussian's mass on
+  the sample's 16-bit bin. Such a model has no vocabulary, so the token engine cannot drive it:
+  `step` takes the previous float sample and returns (B, 2), and arcli/decoding/continuous.py's
+  `GaussianSteps` draws from it.
 """
 
 import math
@@ -19,6 +29,27 @@ from torch import Tensor, nn
 
 from arcli.audio.features import interpolation
 from arcli.errors import OptionError
+
+PCM16_STEP = 1.0 / 32768  # a 16-bit sample k is x = k / 32768, k in [-32768, 32767]
+
+
+def gaussian_16bit_nats(params: Tensor, codes: Tensor) -> Tensor:
+    """-log P(code) of 16-bit samples under per-sample Gaussians, in nats, float64.
+
+    params: (..., 2) mean and log-scale over x in [-1, 1]; codes: (...) integers in [-32768, 32767].
+    The discretisation: code k owns the interval [(k - 1/2) / 32768, (k + 1/2) / 32768), the end
+    codes the tails beyond, so the probabilities of all 65536 codes sum to one. The mass
+    Phi(b) - Phi(a) is computed from log Phi in float64, on the lower tail side (mirrored when the bin
+    lies above the mean), so it stays accurate for bins far smaller than the scale."""
+    params, codes = params.double(), codes.double()
+    mean, scale = params[..., 0], params[..., 1].exp()
+    low = torch.where(codes <= -32768, torch.full_like(codes, -math.inf), (codes - 0.5) * PCM16_STEP)
+    high = torch.where(codes >= 32767, torch.full_like(codes, math.inf), (codes + 0.5) * PCM16_STEP)
+    a, b = (low - mean) / scale, (high - mean) / scale
+    above = a > 0  # mirror: Phi(b) - Phi(a) = Phi(-a) - Phi(-b)
+    a, b = torch.where(above, -b, a), torch.where(above, -a, b)
+    log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
+    return -(log_b + torch.log(-torch.expm1(log_a - log_b)))
 
 
 class LocalCondition(NamedTuple):
@@ -110,8 +141,12 @@ class WaveNetConfig:
     cond_channels: int = 0  # 0 = no local conditioning; else feature size per frame (80 log-mel bins)
     cond_hidden: int = 64  # width of the conditioning network (two kernel-3 convolutions over frames)
     cond_hop: int = 200  # samples per feature frame (12.5 ms at 16 kHz)
+    output: str = "categorical"  # "categorical": softmax over mu-law codes; "gaussian": mean and log-scale over [-1, 1]
+    min_log_scale: float = -7.0  # gaussian: ClariNet's floor, scale >= 9e-4 (30 16-bit steps), keeps densities and KLs bounded
 
     def __post_init__(self) -> None:
+        if self.output not in ("categorical", "gaussian"):
+            raise ValueError(f"WaveNetConfig.output must be 'categorical' or 'gaussian', got {self.output!r}")
         for name in ("quantization_channels", "residual_channels", "dilation_channels", "skip_channels",
                      "end_channels", "layers_per_stack", "stacks", "sample_rate"):
             if getattr(self, name) < 1:
@@ -150,11 +185,14 @@ class WaveNet(nn.Module):
     def __init__(self, config: WaveNetConfig):
         super().__init__()
         self.config = config
-        self.vocab_size = config.quantization_channels
-        # An embedding is a 1x1 conv over one-hot mu-law codes, without building the one-hots.
-        self.embed = nn.Embedding(config.quantization_channels, config.residual_channels)
-        with torch.no_grad():
-            self.embed.weight.copy_(smooth_code_embedding(config.quantization_channels, config.residual_channels))
+        self.gaussian = config.output == "gaussian"
+        self.vocab_size = None if self.gaussian else config.quantization_channels  # None: no tokens for the engine
+        if self.gaussian:  # a 1x1 conv of the one real-valued input channel
+            self.embed = nn.Linear(1, config.residual_channels)
+        else:  # an embedding is a 1x1 conv over one-hot mu-law codes, without building the one-hots
+            self.embed = nn.Embedding(config.quantization_channels, config.residual_channels)
+            with torch.no_grad():
+                self.embed.weight.copy_(smooth_code_embedding(config.quantization_channels, config.residual_channels))
         self.blocks = nn.ModuleList(
             ResidualBlock(config, dilation=2**i) for _ in range(config.stacks) for i in range(config.layers_per_stack)
         )
@@ -168,7 +206,7 @@ class WaveNet(nn.Module):
             nn.ReLU(),
             nn.Conv1d(config.skip_channels, config.end_channels, kernel_size=1),
             nn.ReLU(),
-            nn.Conv1d(config.end_channels, config.quantization_channels, kernel_size=1),
+            nn.Conv1d(config.end_channels, 2 if self.gaussian else config.quantization_channels, kernel_size=1),
         )
 
     @property
@@ -178,7 +216,8 @@ class WaveNet(nn.Module):
 
     def forward(self, tokens: Tensor, condition: object = None) -> Tensor:
         """tokens: (B, T) mu-law codes, condition: speaker ids (B,) or None -> logits (B, T, V);
-        logits[:, t] predict tokens[:, t] from tokens[:, :t]."""
+        logits[:, t] predict tokens[:, t] from tokens[:, :t]. A gaussian model takes float samples
+        (B, T) in [-1, 1] and returns (B, T, 2): the mean and the (floored) log-scale of x_t."""
         B, T = tokens.shape
         frames, offsets, condition = self._local(condition, B)
         speaker = self._speakers(condition, B)
@@ -189,13 +228,19 @@ class WaveNet(nn.Module):
             below, above, fraction = interpolation(positions, self.config.cond_hop, hidden.shape[1])
             pick = lambda index: torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[2]))  # noqa: E731
             local = torch.lerp(pick(below), pick(above), fraction[..., None].to(hidden.dtype))  # (B, T, H)
-        x = F.pad(self.embed(tokens[:, :-1]), (0, 0, 1, 0))  # (B, T, R): x_{t-1} at t, "nothing" (zeros) at t = 0
+        inputs = tokens[:, :-1, None].to(self.embed.weight.dtype) if self.gaussian else tokens[:, :-1]
+        x = F.pad(self.embed(inputs), (0, 0, 1, 0))  # (B, T, R): x_{t-1} at t, "nothing" (zeros) at t = 0
         skip = 0
         for block in self.blocks:
             x, s = block(x, speaker, local)
             skip = skip + s  # (B, T, S)
         _, hidden, _, out = self.head
-        return F.linear(F.relu(F.linear(F.relu(skip), hidden.weight[:, :, 0], hidden.bias)), out.weight[:, :, 0], out.bias)  # (B, T, V)
+        logits = F.linear(F.relu(F.linear(F.relu(skip), hidden.weight[:, :, 0], hidden.bias)), out.weight[:, :, 0], out.bias)  # (B, T, V)
+        return self._floor(logits) if self.gaussian else logits
+
+    def _floor(self, params: Tensor) -> Tensor:
+        """(..., 2) mean, log-scale -> the same with the log-scale floored at min_log_scale."""
+        return torch.stack([params[..., 0], params[..., 1].clamp(min=self.config.min_log_scale)], -1)
 
     def _local(self, condition: object, batch_size: int) -> tuple[Tensor | None, Tensor | None, object]:
         """Split a LocalCondition -> (frames (B, F, C), offsets (B,), the speaker part); a model
@@ -262,7 +307,8 @@ class WaveNet(nn.Module):
     @torch.inference_mode()
     def step(self, state: "WaveNetState", tokens: Tensor | None) -> tuple[Tensor, "WaveNetState"]:
         """tokens: (B,) the previous sample of each row, None at the first step -> logits of the
-        next sample (B, V), and the state (updated in place)."""
+        next sample (B, V), and the state (updated in place). A gaussian model takes the previous
+        float samples (B,) and returns the next one's mean and log-scale (B, 2)."""
         w, s = state.weights, state.scratch
         if state.local is not None:  # this sample's conditioning: the bias of every layer, interpolated
             state.local.update(state.position, state.bias)
@@ -273,7 +319,10 @@ class WaveNet(nn.Module):
         else:
             if tokens.shape != s.batch_shape:
                 raise ValueError(f"expected tokens of shape {tuple(s.batch_shape)}, got {tuple(tokens.shape)}")
-            torch.index_select(w.first, 0, tokens, out=s.token)  # (B, 2D+R)
+            if w.first_constant is None:
+                torch.index_select(w.first, 0, tokens, out=s.token)  # (B, 2D+R)
+            else:  # a real-valued input: x * [W1 w | w] + [W1 b | b]
+                torch.addmm(w.first_constant, tokens[:, None].to(w.first.dtype), w.first, out=s.token)
             s.token += s.first_bias
             torch.addmm(s.token, s.first_past, w.first_past, out=s.first_a_x)
         for act, filt, gate, gated, bias, x_z_p, fused, a_x in s.layers:
@@ -288,7 +337,8 @@ class WaveNet(nn.Module):
         s.gated.copy_(s.gated_rows)  # (B, L, D)
         torch.addmm(w.skip_bias, s.gated_flat, w.skip, out=s.skip).relu_()  # (B, S)
         torch.addmm(w.hidden_bias, s.skip, w.hidden, out=s.hidden).relu_()  # (B, E)
-        return torch.addmm(w.out_bias, s.hidden, w.out), state  # (B, V)
+        logits = torch.addmm(w.out_bias, s.hidden, w.out)  # (B, V)
+        return (self._floor(logits) if self.gaussian else logits), state
 
     @torch.inference_mode()
     def reorder(self, state: "WaveNetState", index: Tensor) -> "WaveNetState":
@@ -368,13 +418,18 @@ class _StepWeights:
 
     def __init__(self, model: WaveNet):
         blocks, R, D = model.blocks, model.config.residual_channels, model.config.dilation_channels
-        param = model.embed.weight.detach()  # (V, R)
+        # (V, R): one row per code; a gaussian model's input weight (1, R), times the sample's value
+        param = model.embed.weight.detach().t() if model.gaussian else model.embed.weight.detach()
         scale = torch.cat([param.new_ones(D), param.new_full((D,), 0.5)])  # (2D,)
         now = [b.conv.weight[:, :, 1].detach().t() * scale for b in blocks]  # (R, 2D) each
         past = [F.pad(b.conv.weight[:, :, 0].detach().t() * scale, (0, R)) for b in blocks]  # (R, 2D+R) each
         residual = [b.residual.weight[:, :, 0].detach().t() * 0.5 for b in blocks[:-1]]  # (D, R) each
         eye = torch.eye(R, dtype=param.dtype, device=param.device)
         self.first = torch.cat([param @ now[0], param], 1)  # (V, 2D+R): token -> [a | x] of layer 0
+        self.first_constant = None  # gaussian: the input conv's bias, (2D+R,)
+        if model.gaussian:
+            bias = model.embed.bias.detach()[None]  # (1, R)
+            self.first_constant = torch.cat([bias @ now[0], bias], 1)[0]
         self.first_past = past[0]
         self.fused = [  # (R+D+R, 2D+R) each: [x | z | p] of layer l -> [a | x] of layer l+1
             torch.cat([torch.cat([now[i + 1], eye], 1), torch.cat([residual[i] @ now[i + 1], residual[i]], 1), past[i + 1]])

@@ -32,15 +32,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from arcli.audio.io import find_audio_files, load_audio, write_spectrogram_png, write_wav
-from arcli.audio.mulaw import mu_law_decode, mu_law_encode
 from arcli.decoding import Sample, generate
 from arcli.errors import DataError, OptionError
 from arcli.models import wavenet_fused
-from arcli.models.wavenet import LocalCondition, TTSConfig, VocoderConfig, WaveNet, WaveNetConfig
+from arcli.models.wavenet import PCM16_STEP, LocalCondition, TTSConfig, VocoderConfig, WaveNet, WaveNetConfig, gaussian_16bit_nats
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
 from arcli.tasks import LN2, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
 from arcli.tasks.conditioning import LinguisticFrames, MelFrames, Piece, Unconditioned
+from arcli.tasks.waveform import check_gaussian_decoding, decode_samples, encode_samples, gaussian_rows
 from arcli.training import LossOutput
 
 DEFAULT_SECONDS = 2.0  # `arcli sample wavenet` without --seconds
@@ -161,8 +161,11 @@ def sample_nats(model: torch.nn.Module, batch: AudioBatch) -> torch.Tensor:
     condition = None if batch.speakers is None else batch.speakers.to(device)
     if batch.frames is not None:
         condition = LocalCondition(batch.frames.to(device), batch.offsets.to(device), condition)
-    logits = model(tokens, condition)  # (B, T, V)
-    nats = F.cross_entropy(logits.transpose(1, 2).float(), tokens, reduction="none")  # (B, T)
+    if getattr(model, "module", model).config.output == "gaussian":  # tokens are 16-bit codes
+        nats = gaussian_16bit_nats(model(tokens * PCM16_STEP, condition), tokens)  # (B, T) float64
+    else:
+        logits = model(tokens, condition)  # (B, T, V)
+        nats = F.cross_entropy(logits.transpose(1, 2).float(), tokens, reduction="none")  # (B, T)
     return nats * batch.counted.to(device)
 
 
@@ -179,17 +182,13 @@ def _note(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def _storable(codes: torch.Tensor, mu: int) -> torch.Tensor:
-    return codes.to(torch.uint8 if mu <= 255 else torch.int32)
-
-
-def _load_clips(found: list[tuple[Path, int | None]], sample_rate: int, mu: int, frames_of=lambda path, audio: None) -> list[Clip]:
-    """Read every clip as mu-law codes, with its feature frames `frames_of(path, audio)` (None without)."""
+def _load_clips(found: list[tuple[Path, int | None]], sample_rate: int, config: WaveNetConfig, frames_of=lambda path, audio: None) -> list[Clip]:
+    """Read every clip as the model's codes, with its feature frames `frames_of(path, audio)` (None without)."""
     clips = []
     for path, speaker in found:
         audio = load_audio(path, sample_rate)
         frames = frames_of(path, audio)
-        clips.append(Clip(path, _storable(mu_law_encode(audio, mu), mu), speaker, frames))
+        clips.append(Clip(path, encode_samples(audio, config), speaker, frames))
     return clips
 
 
@@ -215,7 +214,8 @@ class AudioTask(Task):
         return {
             "receptive field": f"{rf} samples = {1000 * rf / rate:.1f} ms at {rate} Hz",
             "sample rate": f"{rate} Hz",
-            "quantisation": f"{config.quantization_channels} mu-law levels (mu = {config.quantization_channels - 1})",
+            "quantisation": f"{config.quantization_channels} mu-law levels (mu = {config.quantization_channels - 1})"
+            if config.output == "categorical" else f"none: a Gaussian over [-1, 1] (log-scale >= {config.min_log_scale:g}), 16-bit audio",
             "speakers": str(config.num_speakers) if config.num_speakers else "none (unconditional)",
             "training crop": f"{crop_length(rf)} samples",
             **self.features.describe(config, {}),
@@ -266,12 +266,12 @@ class AudioTask(Task):
         else:
             train_files, valid_files = _hold_out(found, max(2, round(1 / request.valid_fraction)))
 
-        mu = config.quantization_channels - 1
+        mu = config.quantization_channels - 1 if config.output == "categorical" else None  # None: 16-bit samples
         rate = config.sample_rate
         config, features = self.features.fit(config, [path for path, _ in train_files])
         frames_of = lambda path, audio: self.features.clip_frames(path, audio, config, features)  # noqa: E731
-        train = _load_clips([(path, speaker(label)) for path, label in train_files], rate, mu, frames_of)
-        valid = _load_clips([(path, speaker(label)) for path, label in valid_files], rate, mu, frames_of)
+        train = _load_clips([(path, speaker(label)) for path, label in train_files], rate, config, frames_of)
+        valid = _load_clips([(path, speaker(label)) for path, label in valid_files], rate, config, frames_of)
         rf = family.build(config).receptive_field
         _refuse_short(train + valid, rf, rate)
 
@@ -330,6 +330,8 @@ class AudioTask(Task):
             pieces: list[list[Piece | int]] = [[round(seconds * rate)]] * request.count
         else:  # every utterance request.count times, each output file one utterance
             pieces = [utterance for utterance in utterances for _ in range(request.count)]
+        if loaded.model.config.output == "gaussian":
+            check_gaussian_decoding(decoding)
             longest = max(sum(length for _, length in utterance) for utterance in utterances) / rate
             if longest > MAX_SECONDS:
                 raise OptionError(f"the audio would last {longest:.0f} s, more than the {MAX_SECONDS:g} s one file may hold: give less")
@@ -358,8 +360,10 @@ class AudioTask(Task):
             frames = torch.stack([torch.cat([f, f[-1:].expand(most - len(f), -1)]) for f, _ in rows])
             condition = LocalCondition(frames, None, condition)
         started = time.perf_counter()
-        fused = wavenet_fused.plan(loaded.model, strategy, len(rows), loaded.device)
-        if fused is not None:  # the same samples, each row only as long as it needs
+        fused = None if config.output == "gaussian" else wavenet_fused.plan(loaded.model, strategy, len(rows), loaded.device)
+        if config.output == "gaussian":  # no tokens: drawn beside the engine
+            tokens = gaussian_rows(loaded.model, strategy, decoding, length, condition, len(rows), request.progress)
+        elif fused is not None:  # the same samples, each row only as long as it needs
             lengths = [length] * len(rows) if utterances is None else [samples for _, samples in rows]
             per_row = [None] * len(rows) if utterances is None else list(condition.frames)
             speakers = [speaker] * len(rows)
@@ -371,8 +375,7 @@ class AudioTask(Task):
             tokens = [row[0].tokens for row in generated]
         elapsed = time.perf_counter() - started
 
-        mu = config.quantization_channels - 1
-        decoded = iter(mu_law_decode(torch.as_tensor(row, dtype=torch.long), mu) for row in tokens)
+        decoded = iter(decode_samples(torch.as_tensor(row, dtype=torch.long), config) for row in tokens)
         audio = []
         for output in pieces:
             parts = [next(decoded)[: (piece if utterances is None else piece[1])] for piece in output]
@@ -416,12 +419,11 @@ class AudioTask(Task):
             raise OptionError(f"give audio files or folders to score with '{name}'")
         check_new(request.output, request.force)
         rate = self._sample_rate(loaded)
-        mu = loaded.model.config.quantization_channels - 1
         found = find_audio_files(request.inputs)
         speakers, note = self._score_speakers(loaded, found)
         config, features = loaded.model.config, loaded.checkpoint.data.get("features") or {}
         frames_of = lambda path, audio: self.features.clip_frames(path, audio, config, features)  # noqa: E731
-        clips = _load_clips(speakers, rate, mu, frames_of)  # every file read before any work, or any note
+        clips = _load_clips(speakers, rate, config, frames_of)  # every file read before any work, or any note
         if note:
             _note(note)
         rf = loaded.model.receptive_field

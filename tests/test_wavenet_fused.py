@@ -13,25 +13,33 @@ from arcli.models.wavenet import LocalCondition, WaveNet, WaveNetConfig
 pytestmark = pytest.mark.skipif(wavenet_fused.library() is None, reason="no C compiler for the fused step")
 
 
-def model(**extra) -> WaveNet:
+def model(half: bool = False, std: float = 0.3, **extra) -> WaveNet:
+    """A small WaveNet with random weights N(0, std); half: rounded to float16 values (as the
+    shipped checkpoints' are), which the fused step then stores as float16."""
     torch.manual_seed(0)
-    config = WaveNetConfig(residual_channels=8, dilation_channels=6, skip_channels=10, end_channels=12, layers_per_stack=4, stacks=2, **extra)
+    sizes = dict(residual_channels=8, dilation_channels=6, skip_channels=10, end_channels=12, layers_per_stack=4, stacks=2)
+    config = WaveNetConfig(**(sizes | extra))
     net = WaveNet(config).eval()
     with torch.no_grad():
         for parameter in net.parameters():
-            parameter.normal_(0, 0.3)  # far from the initialisation, so that every path matters
+            parameter.normal_(0, std)  # far from the initialisation, so that every path matters
+            if half:
+                parameter.copy_(parameter.half().float())
     return net
 
 
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "float16"])
 @pytest.mark.parametrize("conditioned", [False, True])
-def test_fused_logits_equal_forward(conditioned):
-    net = model(num_speakers=3, cond_channels=5, cond_hidden=7, cond_hop=4) if conditioned else model()
+def test_fused_logits_equal_forward(conditioned, half):
+    net = model(half, num_speakers=3, cond_channels=5, cond_hidden=7, cond_hop=4) if conditioned else model(half)
+    weights = wavenet_fused.FusedWeights(net)
+    assert weights.half == (half and bool(wavenet_fused.library().wavenet_half()))  # float16 storage only where exact
     frames = torch.randn(20, 5) if conditioned else None
     tokens = torch.randint(0, 256, (70,), generator=torch.Generator().manual_seed(1))
     condition = LocalCondition(frames[None], None, torch.tensor([2])) if conditioned else None
     with torch.inference_mode():
         expected = net(tokens[None], condition)[0]
-    row = wavenet_fused.FusedRow(net, 2 if conditioned else None, frames)
+    row = wavenet_fused.FusedRow(net, 2 if conditioned else None, frames, weights=weights)
     logits = []
     for t in range(len(tokens)):  # teacher forcing: each step is fed the true previous sample
         _, out = row.run(1, greedy=True, logits=True)
@@ -40,9 +48,30 @@ def test_fused_logits_equal_forward(conditioned):
     torch.testing.assert_close(torch.from_numpy(np.stack(logits)), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "float16"])
+def test_fused_logits_equal_forward_wide(half):
+    """Widths over 128 outputs (two column blocks at a time in the AVX-512 kernel, then one) and not
+    multiples of the block (padding). Smaller weights than model()'s, for logits of a few units like
+    the narrower models' (at N(0, 0.3) they reach 60, where the reference step itself is 4e-5 from
+    forward)."""
+    net = model(half, 0.15, residual_channels=20, dilation_channels=70, skip_channels=130, end_channels=200, layers_per_stack=3, stacks=1)
+    tokens = torch.randint(0, 256, (40,), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        expected = net(tokens[None])[0]
+    row = wavenet_fused.FusedRow(net)
+    assert row.w.half == (half and bool(wavenet_fused.library().wavenet_half()))
+    logits = []
+    for t in range(len(tokens)):
+        _, out = row.run(1, greedy=True, logits=True)
+        logits.append(out[0])
+        row.previous[0] = tokens[t]
+    torch.testing.assert_close(torch.from_numpy(np.stack(logits)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "float16"])
 @pytest.mark.parametrize("strategy", [Sample(seed=5), Sample([Temperature(0.7)], seed=9), Greedy()], ids=["T1", "T0.7", "greedy"])
-def test_fused_samples_equal_the_engine(strategy):
-    net = model(num_speakers=2, cond_channels=3, cond_hidden=4, cond_hop=5)
+def test_fused_samples_equal_the_engine(strategy, half):
+    net = model(half, num_speakers=2, cond_channels=3, cond_hidden=4, cond_hop=5)
     frames = torch.randn(2, 90, 3)
     condition = LocalCondition(frames, None, torch.tensor([1, 0]))
     engine = generate(net, strategy, max_length=400, batch_size=2, condition=condition)

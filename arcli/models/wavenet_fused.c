@@ -1,110 +1,332 @@
-/* The fused WaveNet step for the CPU (arcli/models/wavenet_fused.py builds and loads this file).
+/* The fused WaveNet step for the CPU (arcli/models/wavenet_fused.py lays out the weights and loads this file).
  *
  * One call generates n samples of one row: every layer's dilated pair, gate, residual and skip, the
  * output head and the draw of the next sample, with no Python in between. The arithmetic is that of
- * WaveNet.step in arcli/models/wavenet.py, on the same re-laid-out weights (_StepWeights): per layer
- * one matrix-vector product takes [x | z | p] of layer l to [a | x] of layer l+1; the skip 1x1s of
- * all layers are one product at the end; sigmoid(g) = (1 + tanh(g/2)) / 2 with the halves folded
- * into the weights. The draw is the inverse-CDF lookup of arcli's Sample strategy: the first token
- * whose cumulative probability exceeds u * total * (1 - 2^-20).
+ * WaveNet.forward (arcli/models/wavenet.py) at one position, on the model's own matrices, unfused:
+ *   a = bias_l + [x | p] [W1; W0]            (the dilated pair: x_t and x_{t-dilation} of layer l)
+ *   z = tanh(a_filter) * sigmoid(a_gate),    sigmoid(g) = (1 + tanh(g/2)) / 2
+ *   [x | skip] += z [Wr | Ws]                 (the residual 1x1 and this layer's skip 1x1 at once)
+ * then logits = out_b + relu(hidden_b + relu(skip) Wh) Wo and the draw: arcli's Sample strategy's
+ * inverse-CDF lookup, the first token whose cumulative probability exceeds u * total * (1 - 2^-20).
+ *
+ * The matrix-vector products keep their outputs in vector registers: each matrix is packed in
+ * column blocks of BLOCK (64) outputs, a block's rows contiguous (block, row, 64), so one block
+ * streams through memory while its 64 accumulators stay in registers (4 AVX-512 or 8 AVX2 ones).
+ * Weights are float32, or float16 (converted on load with F16C) when the Python side finds that
+ * every matrix is exactly representable in float16, as the shipped checkpoints are: half the bytes
+ * to stream from cache, the same products. Zero inputs (the head's ReLU outputs) are skipped.
+ * tanh and exp are vectorised (Cephes' expf polynomial, about 1 ulp).
  */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define VEC 16
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define VEC 8
+#else
+#define VEC 1
+#endif
+
+#define BLOCK 64 /* outputs per packed column block */
+
+#ifdef WAVENET_PROFILE /* cc -DWAVENET_PROFILE: cycles per section, read by wavenet_profile() */
+#include <x86intrin.h>
+static uint64_t prof[8], prof_t;
+#define TICK(i) do { const uint64_t now_ = __rdtsc(); prof[i] += now_ - prof_t; prof_t = now_; } while (0)
+void wavenet_profile(double *out) { for (int i = 0; i < 8; i++) { out[i] = (double)prof[i]; prof[i] = 0; } }
+#else
+#define TICK(i) do { } while (0)
+#endif
+
 typedef struct {
     int32_t layers, residual, dilation, skip, end, vocab, period, queue_rows;
 } Dims;
 
-/* y = b + x W, W (n, m) row-major; rows of x that are zero (ReLU outputs) are skipped. */
-static void matvec(const float *x, int n, const float *W, int m, const float *b, float *y) {
-    memcpy(y, b, sizeof(float) * (size_t)m);
-    for (int i = 0; i < n; i++) {
-        const float xi = x[i];
-        if (xi == 0.0f) continue;
-        const float *w = W + (size_t)i * m;
-        for (int j = 0; j < m; j++) y[j] += xi * w[j];
+/* Padded width: the next multiple of BLOCK. */
+static inline int pad(int m) { return (m + BLOCK - 1) / BLOCK * BLOCK; }
+
+/* 64 for the layout of the packed matrices; 1 if float16 weights can be read (F16C), else 0. */
+int wavenet_block(void) { return BLOCK; }
+int wavenet_half(void) { return VEC > 1; }
+
+/* y[0:m] = init[0:m] + sum_k val[k] W[row[k], 0:m]: W packed (m / BLOCK, rows, BLOCK), float32 or
+ * float16; m a multiple of BLOCK; y may be init. `row` NULL: rows 0..count-1. */
+static void matvec(const float *val, const int32_t *row, int count, int rows, const void *W, int half, int m, const float *init,
+                   float *y) {
+    int c = 0;
+#if VEC == 16
+    /* two blocks at a time: 8 independent accumulators cover the FMA latency */
+    for (; c + 2 * BLOCK <= m; c += 2 * BLOCK) {
+        const size_t base = (size_t)(c / BLOCK) * rows * BLOCK, next = (size_t)rows * BLOCK;
+        __m512 a[8];
+        for (int j = 0; j < 8; j++) a[j] = _mm512_loadu_ps(init + c + 16 * j);
+        if (half) {
+            const uint16_t *w = (const uint16_t *)W + base;
+            for (int k = 0; k < count; k++) {
+                const __m512 x = _mm512_set1_ps(val[k]);
+                const uint16_t *r = w + (size_t)(row ? row[k] : k) * BLOCK, *q = r + next;
+                for (int j = 0; j < 4; j++) {
+                    a[j] = _mm512_fmadd_ps(x, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(r + 16 * j))), a[j]);
+                    a[4 + j] = _mm512_fmadd_ps(x, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(q + 16 * j))), a[4 + j]);
+                }
+            }
+        } else {
+            const float *w = (const float *)W + base;
+            for (int k = 0; k < count; k++) {
+                const __m512 x = _mm512_set1_ps(val[k]);
+                const float *r = w + (size_t)(row ? row[k] : k) * BLOCK, *q = r + next;
+                for (int j = 0; j < 4; j++) {
+                    a[j] = _mm512_fmadd_ps(x, _mm512_loadu_ps(r + 16 * j), a[j]);
+                    a[4 + j] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + 16 * j), a[4 + j]);
+                }
+            }
+        }
+        for (int j = 0; j < 8; j++) _mm512_storeu_ps(y + c + 16 * j, a[j]);
+    }
+#endif
+    for (; c < m; c += BLOCK) {
+        const size_t base = (size_t)(c / BLOCK) * rows * BLOCK;
+#if VEC == 16
+        __m512 a0 = _mm512_loadu_ps(init + c), a1 = _mm512_loadu_ps(init + c + 16), a2 = _mm512_loadu_ps(init + c + 32),
+               a3 = _mm512_loadu_ps(init + c + 48);
+        if (half) {
+            const uint16_t *w = (const uint16_t *)W + base;
+            for (int k = 0; k < count; k++) {
+                const __m512 x = _mm512_set1_ps(val[k]);
+                const uint16_t *r = w + (size_t)(row ? row[k] : k) * BLOCK;
+                a0 = _mm512_fmadd_ps(x, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)r)), a0);
+                a1 = _mm512_fmadd_ps(x, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(r + 16))), a1);
+                a2 = _mm512_fmadd_ps(x, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(r + 32))), a2);
+                a3 = _mm512_fmadd_ps(x, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(r + 48))), a3);
+            }
+        } else {
+            const float *w = (const float *)W + base;
+            for (int k = 0; k < count; k++) {
+                const __m512 x = _mm512_set1_ps(val[k]);
+                const float *r = w + (size_t)(row ? row[k] : k) * BLOCK;
+                a0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(r), a0);
+                a1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(r + 16), a1);
+                a2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(r + 32), a2);
+                a3 = _mm512_fmadd_ps(x, _mm512_loadu_ps(r + 48), a3);
+            }
+        }
+        _mm512_storeu_ps(y + c, a0);
+        _mm512_storeu_ps(y + c + 16, a1);
+        _mm512_storeu_ps(y + c + 32, a2);
+        _mm512_storeu_ps(y + c + 48, a3);
+#elif VEC == 8
+        __m256 a[8];
+        for (int j = 0; j < 8; j++) a[j] = _mm256_loadu_ps(init + c + 8 * j);
+        if (half) {
+            const uint16_t *w = (const uint16_t *)W + base;
+            for (int k = 0; k < count; k++) {
+                const __m256 x = _mm256_set1_ps(val[k]);
+                const uint16_t *r = w + (size_t)(row ? row[k] : k) * BLOCK;
+                for (int j = 0; j < 8; j++)
+                    a[j] = _mm256_fmadd_ps(x, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + 8 * j))), a[j]);
+            }
+        } else {
+            const float *w = (const float *)W + base;
+            for (int k = 0; k < count; k++) {
+                const __m256 x = _mm256_set1_ps(val[k]);
+                const float *r = w + (size_t)(row ? row[k] : k) * BLOCK;
+                for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(x, _mm256_loadu_ps(r + 8 * j), a[j]);
+            }
+        }
+        for (int j = 0; j < 8; j++) _mm256_storeu_ps(y + c + 8 * j, a[j]);
+#else
+        (void)half; /* float32 only (wavenet_half() is 0) */
+        float a[BLOCK];
+        memcpy(a, init + c, sizeof a);
+        const float *w = (const float *)W + base;
+        for (int k = 0; k < count; k++) {
+            const float x = val[k], *r = w + (size_t)(row ? row[k] : k) * BLOCK;
+            for (int j = 0; j < BLOCK; j++) a[j] += x * r[j];
+        }
+        memcpy(y + c, a, sizeof a);
+#endif
     }
 }
 
-static inline float fast_tanh(float v) {
-    if (v > 15.0f) return 1.0f;
-    if (v < -15.0f) return -1.0f;
+/* The nonzero entries of relu(v[0:n]): their values and indices; returns their number. */
+static int relu_nonzero(const float *v, int n, float *val, int32_t *row) {
+    int count = 0;
+    for (int i = 0; i < n; i++)
+        if (v[i] > 0.0f) { val[count] = v[i]; row[count++] = i; }
+    return count;
+}
+
+#if VEC == 16
+typedef __m512 vf;
+typedef __m512i vi;
+#define V_SET1 _mm512_set1_ps
+#define V_LOAD _mm512_loadu_ps
+#define V_STORE _mm512_storeu_ps
+#define V_ADD _mm512_add_ps
+#define V_SUB _mm512_sub_ps
+#define V_MUL _mm512_mul_ps
+#define V_DIV _mm512_div_ps
+#define V_FMA _mm512_fmadd_ps
+#define V_FNMA _mm512_fnmadd_ps
+#define V_MIN _mm512_min_ps
+#define V_MAX _mm512_max_ps
+#define V_ROUND(x) _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define V_POW2(k) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23))
+#elif VEC == 8
+typedef __m256 vf;
+#define V_SET1 _mm256_set1_ps
+#define V_LOAD _mm256_loadu_ps
+#define V_STORE _mm256_storeu_ps
+#define V_ADD _mm256_add_ps
+#define V_SUB _mm256_sub_ps
+#define V_MUL _mm256_mul_ps
+#define V_DIV _mm256_div_ps
+#define V_FMA _mm256_fmadd_ps
+#define V_FNMA _mm256_fnmadd_ps
+#define V_MIN _mm256_min_ps
+#define V_MAX _mm256_max_ps
+#define V_ROUND(x) _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define V_POW2(k) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23))
+#endif
+
+#if VEC > 1
+/* exp(x) for x in [-80, 80] (clamped): 2^k e^r, |r| <= ln2/2, Cephes' polynomial for e^r. */
+static inline vf v_exp(vf x) {
+    x = V_MIN(V_MAX(x, V_SET1(-80.0f)), V_SET1(80.0f));
+    const vf k = V_ROUND(V_MUL(x, V_SET1(1.44269504088896341f)));
+    vf r = V_FNMA(k, V_SET1(0.693359375f), x);
+    r = V_FNMA(k, V_SET1(-2.12194440e-4f), r);
+    vf p = V_SET1(1.9875691500e-4f);
+    p = V_FMA(p, r, V_SET1(1.3981999507e-3f));
+    p = V_FMA(p, r, V_SET1(8.3334519073e-3f));
+    p = V_FMA(p, r, V_SET1(4.1665795894e-2f));
+    p = V_FMA(p, r, V_SET1(1.6666665459e-1f));
+    p = V_FMA(p, r, V_SET1(5.0000001201e-1f));
+    p = V_FMA(p, V_MUL(r, r), V_ADD(r, V_SET1(1.0f)));
+    return V_MUL(p, V_POW2(k));
+}
+
+/* tanh(v) = 1 - 2 / (exp(2v) + 1) */
+static inline vf v_tanh(vf v) {
+    const vf e = v_exp(V_ADD(v, v));
+    return V_SUB(V_SET1(1.0f), V_DIV(V_SET1(2.0f), V_ADD(e, V_SET1(1.0f))));
+}
+#endif
+
+static inline float s_tanh(float v) {
+    v = fminf(fmaxf(v, -40.0f), 40.0f);
     const float e = expf(2.0f * v);
-    return (e - 1.0f) / (e + 1.0f);
+    return 1.0f - 2.0f / (e + 1.0f);
+}
+
+/* z[0:D] = tanh(a[0:D]) * sigmoid(a[D:2D]) */
+static void gate(const float *a, int D, float *z) {
+    int j = 0;
+#if VEC > 1
+    const vf half = V_SET1(0.5f);
+    for (; j + VEC <= D; j += VEC) {
+        const vf f = v_tanh(V_LOAD(a + j)), g = v_tanh(V_MUL(V_LOAD(a + D + j), half));
+        V_STORE(z + j, V_MUL(f, V_FMA(g, half, half)));
+    }
+#endif
+    for (; j < D; j++) z[j] = s_tanh(a[j]) * (0.5f + 0.5f * s_tanh(0.5f * a[D + j]));
+}
+
+/* e[j] = exp(v[j] - top) for j < n */
+static void exp_shifted(const float *v, int n, float top, float *e) {
+    int j = 0;
+#if VEC > 1
+    const vf t = V_SET1(top);
+    for (; j + VEC <= n; j += VEC) V_STORE(e + j, v_exp(V_SUB(V_LOAD(v + j), t)));
+#endif
+    for (; j < n; j++) e[j] = expf(v[j] - top);
 }
 
 /* Scratch floats needed by wavenet_generate. */
 int64_t wavenet_scratch(const Dims *d) {
-    const int64_t W2 = 2 * d->dilation + d->residual;
-    return 2 * W2 + (int64_t)d->layers * d->dilation + d->skip + d->end + 2 * d->vocab + (int64_t)d->layers * W2
-           + 2 * d->residual + d->dilation;
+    const int64_t R = d->residual, D = d->dilation, S = d->skip, E = d->end, V = d->vocab;
+    const int64_t RS = pad((int)(R + S)) > R + pad((int)S) ? pad((int)(R + S)) : R + pad((int)S);
+    return 2 * R + pad((int)(2 * D)) + D + RS + 2 * pad((int)S) + pad((int)E) + 2 * pad((int)V) + (int64_t)d->layers * pad((int)(2 * D))
+           + 2 * (S > E ? S : E);
 }
 
 /* Generate n samples of one row.
- *   bias (L, W2): per-layer bias (conv + speaker) when frames == 0; else proj (frames, L, W2) holds
- *   the per-frame biases (static + projected conditioning), linearly interpolated per sample.
+ *   embed (V, R): the token embedding (x of layer 0; zeros before the first sample).
+ *   conv ((L, pad(2D)/64, 2R, 64) packed [W1; W0]), res ((L-1, pad(R+S)/64, D, 64) packed [Wr | Ws]),
+ *   last ((pad(S)/64, D, 64) packed Ws of the last layer), hidden ((pad(E)/64, S, 64)), out
+ *   ((pad(V)/64, E, 64)): float16 if half, else float32.
+ *   bias (L, pad(2D)): per-layer conv bias (+ speaker) when frames == 0; else proj (frames, L, pad(2D))
+ *   holds the per-frame biases (bias + projected conditioning), linearly interpolated per sample.
+ *   skip_b (S): the skip biases summed over layers; hidden_b (pad(E)), out_b (pad(V)).
+ *   slots (period, L): the queue rows of x_{t-dilation} per layer at t mod period.
  *   queue (Q, R), *position and *previous (-1: no sample yet) are the row's state, updated.
  *   uniforms (n): one per sample; inv_temperature scales the logits; greedy != 0 takes the argmax.
  *   tokens (n) receives the samples; logits_out (n, V), if not NULL, the logits of each step.
  * Returns 0. */
-int wavenet_generate(const Dims *d, const float *first, const float *first_past, const float *fused, const float *bias,
-                     const float *proj, int32_t frames, int64_t offset, int32_t hop, const float *skip_w,
-                     const float *skip_b, const float *hidden_w, const float *hidden_b, const float *out_w,
-                     const float *out_b, const int64_t *slots, float *queue, int64_t *position, int32_t *previous,
-                     int64_t n, const float *uniforms, float inv_temperature, int32_t greedy, int32_t *tokens,
-                     float *logits_out, float *scratch) {
+int wavenet_generate(const Dims *d, int32_t half, const float *embed, const void *conv, const void *res, const void *last,
+                     const void *hidden, const void *out, const float *bias, const float *proj, int32_t frames, int64_t offset,
+                     int32_t hop, const float *skip_b, const float *hidden_b, const float *out_b, const int64_t *slots,
+                     float *queue, int64_t *position, int32_t *previous, int64_t n, const float *uniforms,
+                     float inv_temperature, int32_t greedy, int32_t *tokens, float *logits_out, float *scratch) {
     const int L = d->layers, R = d->residual, D = d->dilation, S = d->skip, E = d->end, V = d->vocab;
-    const int W2 = 2 * D + R, IN = 2 * R + D;
-    float *a_x = scratch;                   /* (W2) this layer's [a | x] */
-    float *next = a_x + W2;                 /* (W2) the next layer's */
-    float *gated = next + W2;               /* (L * D) every layer's z */
-    float *skip = gated + (size_t)L * D;    /* (S) */
-    float *hid = skip + S;                  /* (E) */
-    float *logits = hid + E;                /* (V) */
-    float *cdf = logits + V;                /* (V) */
-    float *layer_bias = cdf + V;            /* (L, W2) this sample's biases */
-    float *xzp = layer_bias + (size_t)L * W2; /* (IN) [x | z | p] */
+    const int A = pad(2 * D), RSP = pad(R + S), SP = pad(S), EP = pad(E), VP = pad(V);
+    const int RS = RSP > R + SP ? RSP : R + SP;
+    half = half && wavenet_half();
+    float *xp = scratch;                   /* (2R) [x | p] of this layer */
+    float *a = xp + 2 * R;                 /* (A) filter and gate pre-activations */
+    float *z = a + A;                      /* (D) gated units */
+    float *xs = z + D;                     /* (RS) [x | skip] */
+    float *hid = xs + RS;                  /* (EP) */
+    float *logits = hid + EP;              /* (VP) */
+    float *cdf = logits + VP;              /* (VP) */
+    float *layer_bias = cdf + VP;          /* (L, A) this sample's biases */
+    float *val = layer_bias + (size_t)L * A; /* (max(S, E)) nonzero inputs */
+    int32_t *row = (int32_t *)(val + (S > E ? S : E)); /* (max(S, E)) their indices */
+    const size_t conv_size = (size_t)A * 2 * R, res_size = (size_t)RSP * D;
+    const size_t bytes = half ? 2 : 4;
     for (int64_t s = 0; s < n; s++) {
         const int64_t t = *position;
         const float *b = bias;
+#ifdef WAVENET_PROFILE
+        prof_t = __rdtsc();
+#endif
         if (frames > 0) {
             int64_t u = offset + t, f = u / hop;
             float frac = (float)(u % hop) / (float)hop;
             if (f >= frames - 1) { f = frames - 1; frac = 0.0f; }
-            const float *lo = proj + (size_t)f * L * W2, *hi = proj + (size_t)(f + 1 < frames ? f + 1 : f) * L * W2;
-            for (int k = 0; k < L * W2; k++) layer_bias[k] = lo[k] + frac * (hi[k] - lo[k]);
+            const float *lo = proj + (size_t)f * L * A, *hi = proj + (size_t)(f + 1 < frames ? f + 1 : f) * L * A;
+            for (int k = 0; k < L * A; k++) layer_bias[k] = lo[k] + frac * (hi[k] - lo[k]);
             b = layer_bias;
         }
+        TICK(0);
         const int64_t *slot = slots + (size_t)(t % d->period) * L;
-        /* layer 0: [a | x] from the previous token, its bias and its input `dilation` samples ago */
-        const float *past0 = queue + (size_t)slot[0] * R;
-        matvec(past0, R, first_past, W2, b, a_x);
-        if (*previous >= 0) {
-            const float *row = first + (size_t)(*previous) * W2;
-            for (int j = 0; j < W2; j++) a_x[j] += row[j];
-        }
+        if (*previous >= 0) memcpy(xs, embed + (size_t)(*previous) * R, sizeof(float) * R);
+        else memset(xs, 0, sizeof(float) * R);
+        memcpy(xs + R, skip_b, sizeof(float) * S);
         for (int l = 0; l < L; l++) {
-            float *z = gated + (size_t)l * D;
-            for (int j = 0; j < D; j++) {
-                const float filt = fast_tanh(a_x[j]), gate = fast_tanh(a_x[D + j]);
-                z[j] = filt + filt * gate;
-            }
-            if (l + 1 < L) {
-                memcpy(xzp, a_x + 2 * D, sizeof(float) * R);
-                memcpy(xzp + R, z, sizeof(float) * D);
-                memcpy(xzp + R + D, queue + (size_t)slot[l + 1] * R, sizeof(float) * R);
-                matvec(xzp, IN, fused + (size_t)l * IN * W2, W2, b + (size_t)(l + 1) * W2, next);
-            }
-            memcpy(queue + (size_t)slot[l] * R, a_x + 2 * D, sizeof(float) * R); /* x_t replaces x_{t-dilation} */
-            if (l + 1 < L) { float *swap = a_x; a_x = next; next = swap; }
+            float *past = queue + (size_t)slot[l] * R;
+            memcpy(xp, xs, sizeof(float) * R);
+            memcpy(xp + R, past, sizeof(float) * R);
+            memcpy(past, xs, sizeof(float) * R); /* x_t replaces x_{t-dilation} */
+            TICK(0);
+            matvec(xp, NULL, 2 * R, 2 * R, (const char *)conv + l * conv_size * bytes, half, A, b + (size_t)l * A, a);
+            TICK(1);
+            gate(a, D, z);
+            TICK(2);
+            if (l + 1 < L) matvec(z, NULL, D, D, (const char *)res + l * res_size * bytes, half, RSP, xs, xs);
+            else matvec(z, NULL, D, D, last, half, SP, xs + R, xs + R);
+            TICK(3);
         }
-        matvec(gated, L * D, skip_w, S, skip_b, skip);
-        for (int j = 0; j < S; j++) skip[j] = skip[j] > 0.0f ? skip[j] : 0.0f;
-        matvec(skip, S, hidden_w, E, hidden_b, hid);
-        for (int j = 0; j < E; j++) hid[j] = hid[j] > 0.0f ? hid[j] : 0.0f;
-        matvec(hid, E, out_w, V, out_b, logits);
+        int count = relu_nonzero(xs + R, S, val, row);
+        matvec(val, row, count, S, hidden, half, EP, hidden_b, hid);
+        count = relu_nonzero(hid, E, val, row);
+        matvec(val, row, count, E, out, half, VP, out_b, logits);
+        TICK(4);
         if (logits_out) memcpy(logits_out + (size_t)s * V, logits, sizeof(float) * V);
         int token = 0;
         if (greedy) {
@@ -112,11 +334,13 @@ int wavenet_generate(const Dims *d, const float *first, const float *first_past,
         } else {
             float top = -INFINITY;
             for (int j = 0; j < V; j++) { logits[j] *= inv_temperature; if (logits[j] > top) top = logits[j]; }
+            exp_shifted(logits, V, top, cdf);
             float total = 0.0f;
-            for (int j = 0; j < V; j++) { total += expf(logits[j] - top); cdf[j] = total; }
+            for (int j = 0; j < V; j++) { total += cdf[j]; cdf[j] = total; }
             const float target = uniforms[s] * (cdf[V - 1] * (1.0f - 9.5367431640625e-07f));
             while (token < V - 1 && cdf[token] <= target) token++;
         }
+        TICK(5);
         tokens[s] = token;
         *previous = token;
         *position = t + 1;

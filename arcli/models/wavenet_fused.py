@@ -39,6 +39,7 @@ CHUNK = 2048  # samples per C call, between progress updates
 _F = ctypes.POINTER(ctypes.c_float)
 _I64 = ctypes.POINTER(ctypes.c_int64)
 _I32 = ctypes.POINTER(ctypes.c_int32)
+_V = ctypes.c_void_p
 
 
 class _Dims(ctypes.Structure):
@@ -87,12 +88,14 @@ def _load() -> ctypes.CDLL:
                 raise OSError(f"compiling {SOURCE.name} failed: {result.stderr.strip() or result.returncode}")
             os.replace(built, target)  # atomic: another process may be building the same file
     lib = ctypes.CDLL(str(target))
+    lib.wavenet_block.restype = ctypes.c_int
+    lib.wavenet_half.restype = ctypes.c_int
     lib.wavenet_scratch.restype = ctypes.c_int64
     lib.wavenet_scratch.argtypes = [ctypes.POINTER(_Dims)]
     lib.wavenet_generate.restype = ctypes.c_int
     lib.wavenet_generate.argtypes = [
-        ctypes.POINTER(_Dims), _F, _F, _F, _F, _F, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, _F, _F, _F, _F, _F, _F,
-        _I64, _F, _I64, _I32, ctypes.c_int64, _F, ctypes.c_float, ctypes.c_int32, _I32, _F, _F,
+        ctypes.POINTER(_Dims), ctypes.c_int32, _F, _V, _V, _V, _V, _V, _F, _F, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32,
+        _F, _F, _F, _I64, _F, _I64, _I32, ctypes.c_int64, _F, ctypes.c_float, ctypes.c_int32, _I32, _F, _F,
     ]
     return lib
 
@@ -115,34 +118,85 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().cpu().numpy())
 
 
-class FusedRow:
-    """The fused generator of one row: its weights, its conditioning, its queues and position."""
+def _padded(m: int, block: int) -> int:
+    return -(-m // block) * block
 
-    def __init__(self, model, speaker: int | None = None, frames: torch.Tensor | None = None, offset: int = 0):
-        from arcli.models.wavenet import _StepWeights
 
+def _pad_columns(array: np.ndarray, width: int) -> np.ndarray:
+    """(..., m) -> (..., width), zeros on the right."""
+    return np.ascontiguousarray(np.pad(array, [(0, 0)] * (array.ndim - 1) + [(0, width - array.shape[-1])]))
+
+
+class FusedWeights:
+    """A model's matrices laid out for wavenet_fused.c, shared by the rows of one request: each
+    (n, m) matrix packed in column blocks, (pad(m) / block, n, block), as float16 when every matrix
+    is exactly a float16 (so the products are the same; the shipped checkpoints store float16) and
+    the CPU converts float16 (F16C), else float32. half=False forces float32."""
+
+    def __init__(self, model, half: bool | None = None):
         self.lib = library()
         if self.lib is None:
             raise OSError(f"the fused WaveNet step is unavailable: {_failure}")
+        self.model = model
+        block = self.block = self.lib.wavenet_block()
+        blocks, config = model.blocks, model.config
+        L, R, D, S, E, V = len(blocks), config.residual_channels, config.dilation_channels, config.skip_channels, config.end_channels, model.vocab_size
+        self.width = _padded(2 * D, block)  # a layer's padded [filter | gate]
         with torch.inference_mode():
-            w = _StepWeights(model)
-            L, R, D, S, E = w.sizes
-            V = w.out.shape[1]
-            self.dims = _Dims(L, R, D, S, E, V, w.period, w.queue_length)
-            bias = w.bias if speaker is None else w.bias + w.speaker[:, speaker]  # (L, W2)
-            self.weights = [_numpy(t) for t in (
-                w.first, w.first_past, torch.stack(w.fused) if w.fused else w.first.new_zeros(1), bias,
-            )]
-            self.frames, self.offset, self.hop = 0, int(offset), int(model.config.cond_hop)
-            proj = np.zeros(1, dtype=np.float32)
-            if frames is not None:  # per-frame biases: static + the conditioning network's output projected
-                hidden = model.cond_net(frames.to(w.first.dtype).t().unsqueeze(0))[0].t()  # (F, H)
-                proj = _numpy(bias.reshape(1, -1) + hidden @ w.local)  # (F, L*W2)
-                self.frames = len(proj)
-            self.proj = proj
-            self.head = [_numpy(t) for t in (w.skip, w.skip_bias, w.hidden, w.hidden_bias, w.out, w.out_bias)]
-            self.slots = _numpy(w.slots.to(torch.int64))
-        self.queue = np.zeros((w.queue_length, R), dtype=np.float32)
+            t = lambda conv: conv.weight[:, :, 0].detach().t()  # noqa: E731  (out, in, 1) -> (in, out)
+            conv = [torch.cat([b.conv.weight[:, :, 1].detach().t(), b.conv.weight[:, :, 0].detach().t()]) for b in blocks]  # (2R, 2D)
+            res = [torch.cat([t(b.residual), t(b.skip)], 1) for b in blocks[:-1]]  # (D, R+S)
+            matrices = [conv, res, [t(blocks[-1].skip)], [t(model.head[1])], [t(model.head[3])]]
+            matrices = [[_numpy(m.float()) for m in group] for group in matrices]
+            exact = all(np.array_equal(m.astype(np.float16).astype(np.float32), m) for group in matrices for m in group)
+            self.half = bool(self.lib.wavenet_half()) and exact and half is not False
+            dtype = np.float16 if self.half else np.float32
+
+            def pack(group: list[np.ndarray]) -> np.ndarray:  # each (n, m) -> (pad(m) / block, n, block), stacked
+                if not group:
+                    return np.zeros(block, dtype=dtype)
+                padded = [_pad_columns(m, _padded(m.shape[1], block)) for m in group]
+                return np.ascontiguousarray(np.stack([m.reshape(m.shape[0], -1, block).transpose(1, 0, 2) for m in padded]).astype(dtype))
+
+            self.conv, self.res, self.last, self.hidden, self.out = (pack(group) for group in matrices)
+            self.embed = _numpy(model.embed.weight.float())
+            self.bias = _numpy(torch.stack([b.conv.bias.detach() for b in blocks]).float())  # (L, 2D)
+            self.speaker = (  # (speakers, L, 2D)
+                _numpy(torch.stack([b.speaker.weight.detach() for b in blocks], 1).float()) if config.num_speakers else None
+            )
+            self.local = (  # (H, L, 2D): conditioning features -> every layer's pre-activations
+                torch.stack([b.local.weight.detach().t() for b in blocks], 1).float() if config.cond_channels else None
+            )
+            self.skip_bias = _numpy(torch.stack([b.skip.bias.detach() for b in blocks]).sum(0).float())
+            self.hidden_bias = _pad_columns(_numpy(model.head[1].bias.detach().float()), _padded(E, block))
+            self.out_bias = _pad_columns(_numpy(model.head[3].bias.detach().float()), _padded(V, block))
+        dilations = [b.dilation for b in blocks]
+        offsets = np.cumsum([0] + dilations[:-1])  # each layer's first queue row
+        # Dilations are powers of two, so ring positions repeat with period max(dilations): row p
+        # holds the queue rows to read x_{t-dilation} from, then write x_t to, at t = p mod period.
+        period = max(dilations)
+        self.slots = np.ascontiguousarray((offsets[None, :] + np.arange(period)[:, None] % np.array(dilations)[None, :]).astype(np.int64))
+        self.dims = _Dims(L, R, D, S, E, V, period, sum(dilations))
+
+
+class FusedRow:
+    """The fused generator of one row: the (shared) weights, its conditioning, its queues and position."""
+
+    def __init__(self, model, speaker: int | None = None, frames: torch.Tensor | None = None, offset: int = 0,
+                 weights: FusedWeights | None = None):
+        w = self.w = weights if weights is not None else FusedWeights(model)
+        self.lib, self.dims = w.lib, w.dims
+        bias = w.bias if speaker is None else w.bias + w.speaker[speaker]  # (L, 2D)
+        self.bias = _pad_columns(bias, w.width)
+        self.frames, self.offset, self.hop = 0, int(offset), int(model.config.cond_hop)
+        self.proj = np.zeros(1, dtype=np.float32)
+        if frames is not None:  # per-frame biases: static + the conditioning network's output projected
+            with torch.inference_mode():
+                hidden = model.cond_net(frames.to(model.embed.weight.dtype).t().unsqueeze(0))[0].t().float()  # (F, H)
+                proj = torch.from_numpy(bias)[None] + torch.einsum("fh,hlc->flc", hidden, w.local)  # (F, L, 2D)
+            self.proj = _pad_columns(_numpy(proj), w.width)
+            self.frames = len(self.proj)
+        self.queue = np.zeros((w.dims.queue_rows, w.dims.residual), dtype=np.float32)
         self.position = np.zeros(1, dtype=np.int64)
         self.previous = np.full(1, -1, dtype=np.int32)
         self.scratch = np.zeros(self.lib.wavenet_scratch(ctypes.byref(self.dims)), dtype=np.float32)
@@ -150,17 +204,16 @@ class FusedRow:
     def run(self, count: int, uniforms: np.ndarray | None = None, temperature: float = 1.0, greedy: bool = False,
             logits: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """The next `count` samples (int32), and their logits (count, V) if asked for."""
+        w = self.w
         tokens = np.zeros(count, dtype=np.int32)
         uniforms = np.zeros(count, dtype=np.float32) if uniforms is None else np.ascontiguousarray(uniforms, dtype=np.float32)
         out = np.zeros((count, self.dims.vocab), dtype=np.float32) if logits else None
-        first, first_past, fused, bias = self.weights
-        skip, skip_b, hidden, hidden_b, out_w, out_b = self.head
         self.lib.wavenet_generate(
-            ctypes.byref(self.dims), _pointer(first), _pointer(first_past), _pointer(fused), _pointer(bias), _pointer(self.proj),
-            self.frames, self.offset, self.hop, _pointer(skip), _pointer(skip_b), _pointer(hidden), _pointer(hidden_b),
-            _pointer(out_w), _pointer(out_b), _pointer(self.slots, _I64), _pointer(self.queue), _pointer(self.position, _I64),
-            _pointer(self.previous, _I32), count, _pointer(uniforms), 1.0 / temperature, int(greedy), _pointer(tokens, _I32),
-            _pointer(out) if out is not None else None, _pointer(self.scratch),
+            ctypes.byref(self.dims), int(w.half), _pointer(w.embed), w.conv.ctypes.data, w.res.ctypes.data, w.last.ctypes.data,
+            w.hidden.ctypes.data, w.out.ctypes.data, _pointer(self.bias), _pointer(self.proj), self.frames, self.offset, self.hop,
+            _pointer(w.skip_bias), _pointer(w.hidden_bias), _pointer(w.out_bias), _pointer(w.slots, _I64), _pointer(self.queue),
+            _pointer(self.position, _I64), _pointer(self.previous, _I32), count, _pointer(uniforms), 1.0 / temperature, int(greedy),
+            _pointer(tokens, _I32), _pointer(out) if out is not None else None, _pointer(self.scratch),
         )
         return tokens, out
 
@@ -198,8 +251,9 @@ def generate(model, strategy, lengths: list[int], speakers: list[int | None], fr
     """Each row's samples (lengths[i] of them), one row after another, `CHUNK` samples per call."""
     results = []
     done, total = 0, sum(lengths)
+    weights = FusedWeights(model)
     for row, (length, speaker, row_frames) in enumerate(zip(lengths, speakers, frames, strict=True)):
-        fused = FusedRow(model, speaker, row_frames)
+        fused = FusedRow(model, speaker, row_frames, weights=weights)
         draws = None if greedy else uniforms(strategy.seed, row, length)
         pieces = []
         for begin in range(0, length, CHUNK):

@@ -121,6 +121,7 @@ _BUILTIN = {
     "wavenet": "arcli.tasks.audio:WAVENET",
     "wavenet-vocoder": "arcli.tasks.audio:WAVENET_VOCODER",
     "wavenet-tts": "arcli.tasks.audio:WAVENET_TTS",
+    "parallel-wavenet": "arcli.tasks.parallel_wavenet:PARALLEL_WAVENET",
     "vrnn": "arcli.tasks.continuous:VRNN_FAMILY",
     "rnn-gauss": "arcli.tasks.continuous:RNN_GAUSS",
     "pixelcnn": "arcli.tasks.image:PIXELCNN",

@@ -2,11 +2,16 @@
 shift and scale only on noise before t), with an exact log-determinant; and distillation from a
 gaussian WaveNet vocoder through the real CLI, with its user mistakes."""
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
+from clihelpers import one_line_error, run
 from test_gaussian_wavenet import gaussian_vocoder  # noqa: F401  (the teacher fixture)
-from test_vocoder import vocoder  # noqa: F401  (a categorical teacher, to refuse)
+from test_vocoder import vocoder  # noqa: F401  (a categorical vocoder, to refuse as a teacher)
+from test_wavenet_cli import RATE, ok
 
+from arcli.checkpoint import read_checkpoint
 from arcli.models.parallel_wavenet import ParallelWaveNet, ParallelWaveNetConfig
 from arcli.models.wavenet import LocalCondition
 
@@ -53,3 +58,61 @@ def test_log_determinant_equals_a_brute_force_jacobian():
     # the density of x by the change of variables, against ParallelWaveNet.log_density
     expected = torch.distributions.Normal(0.0, 1.0).log_prob(noise).sum() - log_abs_det
     assert float(ParallelWaveNet.log_density(noise, out).sum()) == pytest.approx(float(expected), abs=1e-9)
+
+
+STUDENT_SETTINGS = ["--set", "flows=2", "--set", "layers_per_flow=3", "--set", "residual_channels=4", "--set", "dilation_channels=4",
+                    "--set", "skip_channels=8", "--set", "end_channels=8", "--set", "cond_hidden=4"]
+
+
+def distil(teacher, corpus, out, *args):
+    return run("train", "parallel-wavenet", "--teacher", teacher, "--data", corpus, "-o", out, *STUDENT_SETTINGS, "--steps", 2,
+               "--batch-size", 2, "--eval-every", 2, "--warmup-steps", 1, "--device", "cpu", "--quiet", *args)
+
+
+@pytest.fixture(scope="module")
+def student(gaussian_vocoder, tmp_path_factory):  # noqa: F811
+    corpus, teacher = gaussian_vocoder
+    out = tmp_path_factory.mktemp("student") / "student.safetensors"
+    ok(distil(teacher, corpus, out))
+    return corpus, teacher, out
+
+
+def test_distilled_student_resynthesises_a_clip_and_reports_its_own_density(student, tmp_path):
+    corpus, teacher, checkpoint = student
+    stored = read_checkpoint(checkpoint)
+    assert stored.model_name == "parallel-wavenet" and stored.config["cond_channels"] == 16 and stored.config["sample_rate"] == RATE
+    assert stored.data["teacher"]["path"] == str(teacher) and 0 < stored.metrics["valid_bits_per_sample"] < 17
+    clip = corpus / "alice" / "1.wav"
+    runs = [run("sample", "parallel-wavenet", "-c", checkpoint, "--mel-from", clip, "--seed", 5, "-o", tmp_path / f"{i}.wav",
+                "--device", "cpu") for i in range(2)]
+    for result in runs:
+        ok(result)
+        assert "exact density of its own samples" in result.stderr and "bits per 16-bit sample" in result.stderr
+    audio, rate = sf.read(tmp_path / "0.wav", dtype="int16")
+    assert rate == RATE and len(audio) == len(sf.read(clip)[0]) and np.abs(audio).max() > 0
+    assert np.array_equal(audio, sf.read(tmp_path / "1.wav", dtype="int16")[0])  # --seed repeats
+    ok(run("sample", "parallel-wavenet", "-c", checkpoint, "--mel-from", clip, "-n", 2, "--seed", 5, "-o", tmp_path / "n.wav"))
+    assert np.array_equal(sf.read(tmp_path / "n-1.wav", dtype="int16")[0], audio)  # row 0 alone or in a batch
+    # the teacher scores the student's output like any audio
+    scored = ok(run("score-likelihood", "wavenet-vocoder", "-c", teacher, tmp_path / "0.wav", "--device", "cpu"))
+    assert 0 < float(scored.stdout.split("\t")[1]) < 17
+
+
+def test_student_mistakes_are_one_line(student, vocoder, tmp_path):  # noqa: F811
+    corpus, teacher, checkpoint = student
+    _, categorical = vocoder
+    clip, out = corpus / "alice" / "1.wav", tmp_path / "out.wav"
+    one_line_error(run("score-likelihood", "parallel-wavenet", "-c", checkpoint, clip), "density only of its own samples")
+    one_line_error(run("sample", "parallel-wavenet", "-c", checkpoint, "--seconds", 1, "-o", out), "--mel-from CLIP.wav")
+    one_line_error(run("sample", "parallel-wavenet", "-c", checkpoint, "--mel-from", clip, "--seconds", 1, "-o", out),
+                   "--seconds does not apply")
+    one_line_error(run("sample", "parallel-wavenet", "-c", checkpoint, "--mel-from", clip, "--top-k", 3, "-o", out), "--temperature")
+    one_line_error(run("sample", "parallel-wavenet", "-c", checkpoint, "--mel-from", tmp_path / "none.wav", "-o", out), "none.wav")
+    assert not out.exists()
+    student = tmp_path / "s.safetensors"
+    one_line_error(distil(categorical, corpus, student), "categorical", "--set output=gaussian")
+    one_line_error(distil(checkpoint, corpus, student), "'parallel-wavenet' checkpoint")
+    one_line_error(distil(teacher, corpus, student, "--set", "cond_channels=7"), "cond_channels=7", "teacher's 16")
+    one_line_error(run("train", "parallel-wavenet", "--data", corpus, "-o", student), "--teacher")
+    one_line_error(run("train", "wavenet", "--teacher", teacher, "--data", corpus, "-o", student), "--teacher is for parallel-wavenet")
+    assert not student.exists()

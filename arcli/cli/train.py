@@ -54,6 +54,9 @@ def train(
     class_names: Annotated[str | None, typer.Option(
         help="Image models: names of the classes in the order of their ids, comma-separated (e.g. 'T-shirt/top,trouser,...')."
     )] = None,
+    teacher: Annotated[Path | None, typer.Option(
+        help="parallel-wavenet: the teacher to distil, a wavenet-vocoder trained with --set output=gaussian."
+    )] = None,
     settings: Annotated[list[str] | None, typer.Option("--set", help="Model setting KEY=VALUE (see `arcli models info`).")] = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps.", rich_help_panel=TRAINING)] = TrainOptions.steps,
     batch_size: Annotated[int, typer.Option(
@@ -102,7 +105,7 @@ class _RankError(ArcliError):
     """A mistake met by one rank other than 0 (e.g. data missing on one machine): that rank says it."""
 
 
-def _train(world: distributed.World, *, model, output, data, valid, src, tgt, valid_src, valid_tgt, class_names, settings, steps,
+def _train(world: distributed.World, *, model, output, data, valid, src, tgt, valid_src, valid_tgt, class_names, teacher, settings, steps,
            batch_size, learning_rate, weight_decay, warmup_steps, clip_norm, eval_every, save_every, log_every, log_dir, resume,
            half, device, seed, force, quiet) -> None:
     for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--eval-every", eval_every), ("--save-every", save_every),
@@ -131,13 +134,15 @@ def _train(world: distributed.World, *, model, output, data, valid, src, tgt, va
         names = [name.strip() for name in class_names.split(",")]
         if not all(names):
             raise OptionError(f"--class-names: an empty name in {class_names!r}; give one name per class, comma-separated")
+    if teacher is not None and family.name != "parallel-wavenet":
+        raise OptionError(f"--teacher is for parallel-wavenet; '{model}' trains on its data alone")
     state_info = read_training_state_info(resume)[1] if resume is not None else {}
     config = _model_settings(family, _settings(settings or []), state_info, resume)
     where = distributed.device_for(world, resolve_device(device.value))
     world = distributed.start(world, where)
     try:
         _train_in_group(world, family, config, state_info, where, output=output, data=data, valid=valid, src=src, tgt=tgt,
-                        valid_src=valid_src, valid_tgt=valid_tgt, names=names, steps=steps, batch_size=batch_size,
+                        valid_src=valid_src, valid_tgt=valid_tgt, names=names, teacher=teacher, steps=steps, batch_size=batch_size,
                         learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps, clip_norm=clip_norm,
                         eval_every=eval_every, save_every=save_every, log_every=log_every, log_dir=log_dir, resume=resume,
                         half=half, seed=seed, quiet=quiet)
@@ -169,11 +174,11 @@ def _model_settings(family, overrides: dict[str, str], state_info: dict, resume:
     return started
 
 
-def _train_in_group(world, family, config, state_info, where, *, output, data, valid, src, tgt, valid_src, valid_tgt, names, steps,
+def _train_in_group(world, family, config, state_info, where, *, output, data, valid, src, tgt, valid_src, valid_tgt, names, teacher, steps,
                     batch_size, learning_rate, weight_decay, warmup_steps, clip_norm, eval_every, save_every, log_every, log_dir,
                     resume, half, seed, quiet) -> None:
     request = TrainRequest(data=list(data or []), valid=list(valid or []), src=src, tgt=tgt, valid_src=valid_src, valid_tgt=valid_tgt,
-                           class_names=names)
+                           class_names=names, teacher=teacher)
     failure, setup, tensorboard = None, None, None
     try:
         # Only rank 0 describes the data; the others prepare the same in silence.

@@ -70,6 +70,7 @@ class TrainRequest:
     valid_src: Path | None = None  # None: the task holds out part of src/tgt
     valid_tgt: Path | None = None
     class_names: list[str] | None = None  # images: names for people of the classes, in the order of the class ids
+    teacher: Path | None = None  # parallel-wavenet: the checkpoint it is distilled from
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""WaveNet generation speed: naive recompute vs Fast WaveNet steps vs the `wavenet_vocoder` peer.
+"""WaveNet generation speed: naive recompute vs Fast WaveNet steps vs the fused C step vs the `wavenet_vocoder` peer.
 
-    python benchmarks/wavenet_generation.py [--checkpoint FILE] [--samples 4000] [--threads N]
+    python benchmarks/wavenet_generation.py [--checkpoint FILE] [--samples 4000] [--threads 1]
 
 For the shipped architecture -- the config and weights of checkpoints/wavenet-speech.safetensors,
 or WaveNetConfig() with random weights when it is missing (speed does not depend on the weights'
@@ -8,11 +8,18 @@ values) -- this prints samples/s side by side for
   (a) naive generation: for each new sample, `forward` over the last receptive-field window;
   (b) arcli's incremental `step` (per-layer ring buffers), driven by a bare loop that samples from
       the softmax, at batch 1 and 16; and the same through `arcli.decoding.generate` when present;
-      and the fused C step (arcli/models/wavenet_fused.c) that `arcli sample` uses at batch <= 4;
-  (c) the peer, PyPI `wavenet-vocoder==0.1.1` (r9y9), with its `incremental_forward` on the same
-      architecture (same layers, stacks and channel widths), at batch 1 (its sampler draws one row).
+  (c) the fused C step (arcli/models/wavenet_fused.c) that `arcli sample` uses for up to
+      FUSED_MAX_ROWS rows, rows one after another: the bare C calls, and `wavenet_fused.generate` as
+      `arcli sample` runs it, with the share of its time inside the C calls (the model's step, the
+      draw included) against its Python loop; at batch 1 also with float32 weights instead of the
+      (exact) float16 ones;
+  (d) the peer, PyPI `wavenet-vocoder==0.1.1` (r9y9), with its `incremental_forward` on the same
+      architecture (same layers, stacks and channel widths), at batch 1 (its sampler draws one row);
+  (e) with the shipped checkpoint, `arcli sample wavenet --seconds 2` itself, as its own
+      "generated ... in X s" line reports it (the issue's goal: under 2 s, i.e. real time).
 Every figure is the best of --repeats runs, since a shared machine is noisy; "x real time" is
-samples per second (all rows together) over the sample rate, 16 kHz.
+samples per second (all rows together) over the sample rate, 16 kHz, and "RTF" its inverse as
+`arcli sample` prints it: seconds of compute per second of audio (under 1: faster than real time).
 
 The peer is for this benchmark only, never an arcli dependency:
     pip install --no-deps wavenet-vocoder==0.1.1 scipy
@@ -112,17 +119,69 @@ def engine(model: WaveNet, batch: int, samples: int):
     return batch * samples, time.perf_counter() - begin
 
 
+def fused_step(model: WaveNet, batch: int, samples: int, half: bool | None = None):
+    """The bare fused C step (arcli/models/wavenet_fused.c): one call per row of `samples` samples,
+    rows one after another, the draw from the softmax included; half=False: float32 weights."""
+    import numpy as np
+
+    from arcli.models import wavenet_fused
+
+    speaker = 0 if model.config.num_speakers else None
+    weights = wavenet_fused.FusedWeights(model, half=half)
+    uniforms = np.random.default_rng(0).random(samples).astype(np.float32)
+    rows = [wavenet_fused.FusedRow(model, speaker, weights=weights) for _ in range(batch)]
+    for row in rows:
+        row.run(50, uniforms[:50])  # warm-up (and the queues fill with something)
+    begin = time.perf_counter()
+    for row in rows:
+        row.run(samples, uniforms)
+    return batch * samples, time.perf_counter() - begin
+
+
+FUSED_SHARE: dict[int, float] = {}  # batch -> share of wavenet_fused.generate's time inside the C calls (in its best run)
+_FUSED_BEST: dict[int, float] = {}  # batch -> seconds of that run
+
+
 def fused(model: WaveNet, batch: int, samples: int):
-    """The fused C step (arcli/models/wavenet_fused.c): rows one after another, sampling included."""
+    """wavenet_fused.generate as `arcli sample` runs it: the weights laid out, each row's uniform
+    stream, rows one after another in calls of CHUNK samples; records the C calls' share."""
     from arcli.decoding import Sample
     from arcli.models import wavenet_fused
 
     speaker = 0 if model.config.num_speakers else None
     strategy = Sample(seed=0)
     wavenet_fused.generate(model, strategy, [50] * batch, [speaker] * batch, [None] * batch, 1.0, False)  # warm-up, compile
+    timings: dict = {}
     begin = time.perf_counter()
-    wavenet_fused.generate(model, strategy, [samples] * batch, [speaker] * batch, [None] * batch, 1.0, False)
-    return batch * samples, time.perf_counter() - begin
+    wavenet_fused.generate(model, strategy, [samples] * batch, [speaker] * batch, [None] * batch, 1.0, False, timings=timings)
+    seconds = time.perf_counter() - begin
+    if seconds < _FUSED_BEST.get(batch, float("inf")):
+        FUSED_SHARE[batch], _FUSED_BEST[batch] = timings["step"] / seconds, seconds
+    return batch * samples, seconds
+
+
+def cli_seconds(repeats: int) -> tuple[float, str]:
+    """`arcli sample wavenet --seconds 2` (one thread): the best of its "generated ... in X s" figures, and that line."""
+    import re
+    import subprocess
+    import sys
+    import tempfile
+
+    best, line = float("inf"), ""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with tempfile.TemporaryDirectory() as scratch:
+        for _ in range(repeats):
+            result = subprocess.run(
+                [sys.executable, "-m", "arcli", "sample", "wavenet", "--seconds", "2", "--seed", "0", "--speaker", "0",
+                 "-o", str(Path(scratch) / "out.wav"), "--force"],
+                capture_output=True, text=True, env=env, timeout=600,
+            )
+            found = re.search(r"generated .*? in ([0-9.]+) s[^\n\r]*", result.stdout + result.stderr)
+            if found is None:
+                raise RuntimeError((result.stderr or result.stdout).strip().splitlines()[-1:] or [f"exit status {result.returncode}"])
+            if float(found.group(1)) < best:
+                best, line = float(found.group(1)), found.group(0)
+    return best, line
 
 
 def peer_model(config: WaveNetConfig):
@@ -175,7 +234,8 @@ def main() -> None:
     parser.add_argument("--naive-samples", type=int, default=200, help="samples per row for naive generation at batch 1")
     parser.add_argument("--peer-samples", type=int, default=1000, help="samples for the peer's incremental_forward")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the best is printed")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1: the goal is one core)")
+    parser.add_argument("--no-cli", action="store_true", help="skip (e), timing `arcli sample wavenet --seconds 2`")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -187,14 +247,14 @@ def main() -> None:
     print(f"WaveNet from {source}:\n  {config}")
     print(f"receptive field {model.receptive_field} samples; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    print(f"best of {args.repeats} runs; 'x real time' = samples/s / {rate} Hz\n")
-
-    rows: list[tuple[str, int, float]] = []
+    print(f"best of {args.repeats} runs; 'x real time' = samples/s / {rate} Hz; RTF = seconds of compute per second of audio\n")
 
     def report(name: str, batch: int, value: float) -> float:
-        rows.append((name, batch, value))
-        print(f"  {name:44s} batch {batch:3d}  {value:10.0f} samples/s  {value / rate:7.3f} x real time", flush=True)
+        print(f"  {name:50s} batch {batch:3d}  {value:10.0f} samples/s  {value / rate:7.3f} x real time  RTF {rate / value:7.3f}",
+              flush=True)
         return value
+
+    from arcli.models import wavenet_fused
 
     results = {}
     for batch in (1, 16):
@@ -202,36 +262,53 @@ def main() -> None:
         results["naive", batch] = report("(a) naive: forward over the last window", batch,
                                          best_rate(args.repeats, lambda b=batch, n=n_naive: naive(model, b, n)))
         n = args.samples if batch == 1 else max(args.samples // 4, 100)
-        results["step", batch] = report("(b) arcli step + sampling (Gumbel-max)", batch,
+        results["step", batch] = report("(b) reference step + sampling (Gumbel-max)", batch,
                                         best_rate(args.repeats, lambda b=batch, n=n: incremental(model, b, n)))
-        report("    arcli step alone (fixed tokens)", batch, best_rate(args.repeats, lambda b=batch, n=n: step_only(model, b, n)))
+        results["alone", batch] = report("    reference step alone (fixed tokens)", batch,
+                                         best_rate(args.repeats, lambda b=batch, n=n: step_only(model, b, n)))
         try:
-            results["engine", batch] = report("    arcli.decoding.generate(strategy='sample')", batch,
+            results["engine", batch] = report("    arcli.decoding.generate (reference step)", batch,
                                               best_rate(args.repeats, lambda b=batch, n=n: engine(model, b, n)))
+            print(f"    generate's time: {results['engine', batch] / results['alone', batch]:.0%} in the model's step, "
+                  f"{1 - results['engine', batch] / results['alone', batch]:.0%} in the engine's loop (sampling included)")
         except ImportError as error:
             print(f"    arcli.decoding.generate not available: {error}")
         try:
-            results["fused", batch] = report("    fused C step + sampling (rows in turn)", batch,
+            half = wavenet_fused.FusedWeights(model).half
+            results["fused step", batch] = report(f"(c) fused C step + sampling ({'float16' if half else 'float32'} weights)", batch,
+                                                  best_rate(args.repeats, lambda b=batch, n=n: fused_step(model, b, n)))
+            if batch == 1 and half:
+                report("    fused C step + sampling, float32 weights", batch,
+                       best_rate(args.repeats, lambda b=batch, n=n: fused_step(model, b, n, half=False)))
+            results["fused", batch] = report("    wavenet_fused.generate (as arcli sample)", batch,
                                              best_rate(args.repeats, lambda b=batch, n=n: fused(model, b, n)))
-            if ("engine", batch) in results:
-                print(f"    fused / generate: {results['fused', batch] / results['engine', batch]:.1f}x")
+            print(f"    wavenet_fused.generate's time: {FUSED_SHARE[batch]:.1%} in the C step, {1 - FUSED_SHARE[batch]:.1%} in its "
+                  f"Python loop; fused / reference generate: {results['fused', batch] / results['engine', batch]:.1f}x")
         except OSError as error:
             print(f"    fused step unavailable: {error}")
-        print(f"    incremental / naive: {results['step', batch] / results['naive', batch]:.0f}x\n")
+        path = "fused" if batch <= wavenet_fused.FUSED_MAX_ROWS and ("fused", batch) in results else "engine"
+        print(f"    arcli sample at batch {batch} takes the {'fused' if path == 'fused' else 'reference'} path "
+              f"(FUSED_MAX_ROWS = {wavenet_fused.FUSED_MAX_ROWS}); incremental / naive: {results['step', batch] / results['naive', batch]:.0f}x\n")
 
     try:
         peer_net = peer_model(config)
-        results["peer", 1] = report("(c) peer wavenet_vocoder incremental_forward", 1,
+        results["peer", 1] = report("(d) peer wavenet_vocoder incremental_forward", 1,
                                     best_rate(args.repeats, lambda: peer(peer_net, args.peer_samples)))
-        print(f"    arcli step + sampling / peer, batch 1: {results['step', 1] / results['peer', 1]:.1f}x")
-        if ("engine", 1) in results:
-            print(f"    arcli generate / peer, batch 1: {results['engine', 1] / results['peer', 1]:.1f}x")
-        print(f"    arcli step + sampling at batch 16 / peer at batch 1: {results['step', 16] / results['peer', 1]:.1f}x")
-        if ("fused", 1) in results:
-            print(f"    fused / peer, batch 1: {results['fused', 1] / results['peer', 1]:.1f}x")
+        for key, name in (("step", "reference step + sampling"), ("engine", "reference generate"), ("fused step", "fused C step"),
+                          ("fused", "wavenet_fused.generate")):
+            if (key, 1) in results:
+                print(f"    {name} / peer, batch 1: {results[key, 1] / results['peer', 1]:.1f}x")
     except Exception as error:  # any failure of the peer: say why and keep arcli's figures
-        print(f"(c) peer wavenet_vocoder unavailable: {type(error).__name__}: {error}")
+        print(f"(d) peer wavenet_vocoder unavailable: {type(error).__name__}: {error}")
 
+    if args.checkpoint == SHIPPED and SHIPPED.is_file() and not args.no_cli:
+        try:
+            seconds, line = cli_seconds(args.repeats)
+            print(f"\n(e) arcli sample wavenet --seconds 2 (best of {args.repeats}): {line}")
+            print(f"    {2 * rate / seconds:.0f} samples/s, {2 / seconds:.2f} x real time, RTF {seconds / 2:.3f}")
+        except Exception as error:
+            print(f"\n(e) arcli sample wavenet failed: {type(error).__name__}: {error}")
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
 
 if __name__ == "__main__":
     main()

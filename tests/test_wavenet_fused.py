@@ -99,3 +99,13 @@ def test_not_used_where_it_cannot_match():
     assert wavenet_fused.plan(net, Sample(seed=1), wavenet_fused.FUSED_MAX_ROWS + 1, cpu) is None
     from arcli.decoding.processors import TopK
     assert wavenet_fused.plan(net, Sample([TopK(5)], seed=1), 1, cpu) is None
+
+
+def test_weights_laid_out_once_and_again_after_a_change():
+    net = model()
+    first = wavenet_fused.weights_of(net)
+    assert wavenet_fused.weights_of(net) is first
+    with torch.no_grad():
+        net.blocks[0].conv.weight[0, 0, 0] += 1.0  # in place, as an optimizer step or load_state_dict
+    again = wavenet_fused.weights_of(net)
+    assert again is not first and not np.array_equal(again.conv, first.conv)

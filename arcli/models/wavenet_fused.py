@@ -2,16 +2,21 @@
 
 `WaveNet.step` (arcli/models/wavenet.py) is the reference: about 3 PyTorch ops per layer, each a
 microsecond or more of dispatch at batch 1, which is most of a step's time. `wavenet_fused.c` does
-the same arithmetic on the same re-laid-out weights in a plain C loop, and draws the next sample
-there with the inverse-CDF lookup of arcli's `Sample` strategy from the same per-row uniform
-streams, so for the same seed it gives the same samples as the engine (unless a uniform falls
-within float rounding of a cumulative-probability step). It is compiled on first use with the
-system's C compiler (`cc -O3 -march=native -ffast-math`, a second or so) into
-~/.cache/arcli/ (or $ARCLI_CACHE), keyed by the source, the compiler and the CPU; without a
-compiler it is not used, and generation takes the reference path with one line on stderr.
+the same arithmetic in a C loop with vectorised matrix-vector products on the model's own matrices
+(FusedWeights lays them out: float16 where every matrix is exactly a float16, as in the shipped
+checkpoints, else float32), and draws the next sample there with the inverse-CDF lookup of arcli's
+`Sample` strategy from the same per-row uniform streams, so for the same seed it gives the same
+samples as the engine (unless a uniform falls within float rounding of a cumulative-probability
+step). It is compiled on first use with the system's C compiler (`cc -O3 -march=native
+-ffast-math`, a second or so) into ~/.cache/arcli/ (or $ARCLI_CACHE), keyed by the source, the
+compiler and the CPU; without a compiler it is not used, and generation takes the reference path
+with one line on stderr.
 
-`ARCLI_NO_FUSED=1` turns it off (the reference path, e.g. to compare). Used for sampling (any temperature, no top-k/top-p) and greedy search at float32 on the CPU, for
-up to FUSED_MAX_ROWS rows, one after another (a batched step through BLAS is faster beyond that).
+`ARCLI_NO_FUSED=1` turns it off (the reference path, e.g. to compare). Used for sampling (any
+temperature, no top-k/top-p) and greedy search at float32 on the CPU, categorical output, for up to
+FUSED_MAX_ROWS rows, one after another: one row at a time it runs about twice as many samples per
+second as the batched reference step at 16 rows, and 1.5 times at 128
+(benchmarks/wavenet_generation.py).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +40,7 @@ from arcli.decoding.processors import Temperature
 from arcli.decoding.strategies import Greedy, Sample, _stream_seed
 
 SOURCE = Path(__file__).with_name("wavenet_fused.c")
-FUSED_MAX_ROWS = 4  # more rows: the batched reference step is faster per sample (benchmarks/wavenet_generation.py)
+FUSED_MAX_ROWS = 128  # rows in turn beat the batched reference step up to here, as far as measured
 CHUNK = 2048  # samples per C call, between progress updates
 
 _F = ctypes.POINTER(ctypes.c_float)
@@ -179,6 +186,19 @@ class FusedWeights:
         self.dims = _Dims(L, R, D, S, E, V, period, sum(dilations))
 
 
+_laid_out: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (its parameters' versions, FusedWeights)
+
+
+def weights_of(model) -> FusedWeights:
+    """The model's FusedWeights, laid out once (tens of milliseconds) and reused while its
+    parameters are the same tensors, unchanged in place."""
+    versions = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    cached = _laid_out.get(model)
+    if cached is None or cached[0] != versions:
+        cached = _laid_out[model] = (versions, FusedWeights(model))
+    return cached[1]
+
+
 class FusedRow:
     """The fused generator of one row: the (shared) weights, its conditioning, its queues and position."""
 
@@ -221,7 +241,9 @@ class FusedRow:
 def plan(model, strategy, rows: int, device: torch.device) -> tuple[float, bool] | None:
     """(temperature, greedy) when the fused path can generate this request exactly as `generate`
     would; None otherwise (top-k/top-p, beam search, several hypotheses, not float32 on the CPU,
-    too many rows, or no compiler -- the last said once on stderr)."""
+    too many rows, a gaussian output head, or no compiler -- the last said once on stderr)."""
+    if getattr(model, "gaussian", False):
+        return None
     if os.environ.get("ARCLI_NO_FUSED") or device.type != "cpu" or model.embed.weight.dtype != torch.float32 or not 1 <= rows <= FUSED_MAX_ROWS:
         return None
     if isinstance(strategy, Greedy):
@@ -247,21 +269,27 @@ def uniforms(seed: int, row: int, count: int) -> np.ndarray:
 
 
 def generate(model, strategy, lengths: list[int], speakers: list[int | None], frames: list[torch.Tensor | None],
-             temperature: float, greedy: bool, progress=None) -> list[np.ndarray]:
-    """Each row's samples (lengths[i] of them), one row after another, `CHUNK` samples per call."""
+             temperature: float, greedy: bool, progress=None, timings: dict | None = None) -> list[np.ndarray]:
+    """Each row's samples (lengths[i] of them), one row after another, `CHUNK` samples per call.
+    timings, if given, receives "step": the seconds spent in the C calls (the rest of the call's
+    time is this loop's: laying out the weights, the uniforms, progress)."""
     results = []
-    done, total = 0, sum(lengths)
-    weights = FusedWeights(model)
+    done, total, inside = 0, sum(lengths), 0.0
+    weights = weights_of(model)
     for row, (length, speaker, row_frames) in enumerate(zip(lengths, speakers, frames, strict=True)):
         fused = FusedRow(model, speaker, row_frames, weights=weights)
         draws = None if greedy else uniforms(strategy.seed, row, length)
         pieces = []
         for begin in range(0, length, CHUNK):
             count = min(CHUNK, length - begin)
+            began = time.perf_counter()
             tokens, _ = fused.run(count, None if draws is None else draws[begin : begin + count], temperature, greedy)
+            inside += time.perf_counter() - began
             pieces.append(tokens)
             done += count
             if progress is not None:
                 progress(done, total)
         results.append(np.concatenate(pieces))
+    if timings is not None:
+        timings["step"] = inside
     return results

@@ -6,7 +6,8 @@ beside two baselines measured on the same bits.
 Models (any that exist in MODELS_DIR, as examples/binary/train_table.sh names them): fvsbn, nade,
 made-1 (MADE trained on raster order only), made-32 (MADE trained on 32 orderings, scored as their
 mixture, log of the mean probability, and under its first ordering alone), made-32-agnostic (a new
-ordering per batch, 32 stored ones scored), pixelcnn-levels2.
+ordering per batch, 32 stored ones scored), pixelcnn-levels2, pixelrnn-row-levels2,
+pixelrnn-diagonal-levels2.
 Baselines: independent Bernoulli per pixel (each pixel's frequency in train.npy, add-one smoothed),
 and real compressors of the packed test bits (xz -9e of all 10,000 images at once; one 1-bit PNG of
 all of them stacked): their compressed size in nats per image.
@@ -34,6 +35,8 @@ MODELS = [  # (file stem, family, label)
     ("made-32", "made", "MADE, 32 orderings: mixture (log of the mean probability)"),
     ("made-32-agnostic", "made", "MADE, order-agnostic training, 32 stored orderings: mixture"),
     ("pixelcnn-levels2", "pixelcnn", "Gated PixelCNN, levels=2"),
+    ("pixelrnn-row-levels2", "pixelrnn-row", "PixelRNN Row LSTM, levels=2"),
+    ("pixelrnn-diagonal-levels2", "pixelrnn-diagonal", "PixelRNN Diagonal BiLSTM, levels=2"),
 ]
 
 

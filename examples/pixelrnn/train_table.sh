@@ -15,6 +15,7 @@ out=${2:-data/pixelrnn}
 jobs=("${@:3}")
 [ ${#jobs[@]} -eq 0 ] && jobs=(row diagonal pixelcnn)
 mkdir -p "$out/valid"
+exec > >(tee -a "$out/table.log") 2>&1  # the figures and wall times of every run, appended
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 python - "$fashion" "$out/valid" <<'PY'
 import sys

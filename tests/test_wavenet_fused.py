@@ -109,3 +109,23 @@ def test_weights_laid_out_once_and_again_after_a_change():
         net.blocks[0].conv.weight[0, 0, 0] += 1.0  # in place, as an optimizer step or load_state_dict
     again = wavenet_fused.weights_of(net)
     assert again is not first and not np.array_equal(again.conv, first.conv)
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "float16"])
+def test_rows_run_together_as_each_alone(half):
+    """Up to wavenet_group() rows share each weight load (the AVX-512 kernel takes 6): each row's
+    samples and logits are those it gets alone -- the same products, summed in the same order."""
+    net = model(half, 0.15, residual_channels=20, dilation_channels=70, skip_channels=130, end_channels=200, layers_per_stack=3,
+                stacks=1, num_speakers=3, cond_channels=5, cond_hidden=7, cond_hop=4)
+    weights = wavenet_fused.weights_of(net)
+    frames = [torch.randn(30, 5, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    draws = [np.random.default_rng(i).random(100).astype(np.float32) for i in range(8)]
+    together = [wavenet_fused.FusedRow(net, i % 3, frames[i], weights=weights) for i in range(8)]
+    results = wavenet_fused.run_rows(together, 60, [d[:60] for d in draws], logits=True)
+    results = [(np.concatenate([a, b]), np.concatenate([x, y])) for (a, x), (b, y)
+               in zip(results, wavenet_fused.run_rows(together, 40, [d[60:] for d in draws], logits=True), strict=True)]
+    for i in range(8):  # with AVX-512 a group of 6 and one of 2
+        alone = wavenet_fused.FusedRow(net, i % 3, frames[i], weights=weights)
+        tokens, logits = alone.run(100, draws[i], logits=True)
+        assert np.array_equal(results[i][0], tokens)
+        assert np.array_equal(results[i][1], logits)

@@ -153,6 +153,57 @@ static void matvec(const float *val, const int32_t *row, int count, int rows, co
     }
 }
 
+#define MAX_GROUP 6 /* rows whose products share each weight load (AVX-512: 6 x 4 accumulators) */
+
+#if VEC == 16
+/* matvec for G rows at once (dense inputs): each weight vector, loaded and converted once, feeds
+ * the G rows' accumulators. G is a constant where it is inlined, so the 4G accumulators stay in
+ * registers. */
+static inline __attribute__((always_inline)) void matvec_group(const int G, const float *const *x, int n, const void *W, int half,
+                                                               int m, const float *const *init, float *const *y) {
+    for (int c = 0; c < m; c += BLOCK) {
+        const size_t base = (size_t)(c / BLOCK) * n * BLOCK;
+        __m512 a[MAX_GROUP][4];
+        for (int g = 0; g < G; g++)
+            for (int j = 0; j < 4; j++) a[g][j] = _mm512_loadu_ps(init[g] + c + 16 * j);
+        for (int k = 0; k < n; k++) {
+            __m512 w[4];
+            if (half) {
+                const uint16_t *r = (const uint16_t *)W + base + (size_t)k * BLOCK;
+                for (int j = 0; j < 4; j++) w[j] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(r + 16 * j)));
+            } else {
+                const float *r = (const float *)W + base + (size_t)k * BLOCK;
+                for (int j = 0; j < 4; j++) w[j] = _mm512_loadu_ps(r + 16 * j);
+            }
+            for (int g = 0; g < G; g++) {
+                const __m512 v = _mm512_set1_ps(x[g][k]);
+                for (int j = 0; j < 4; j++) a[g][j] = _mm512_fmadd_ps(v, w[j], a[g][j]);
+            }
+        }
+        for (int g = 0; g < G; g++)
+            for (int j = 0; j < 4; j++) _mm512_storeu_ps(y[g] + c + 16 * j, a[g][j]);
+    }
+}
+#endif
+
+/* Rows that wavenet_generate runs together to advantage: MAX_GROUP with AVX-512, else 1. */
+int wavenet_group(void) { return VEC == 16 ? MAX_GROUP : 1; }
+
+/* y[g] = init[g] + x[g] W for G rows (dense inputs, n of them); W packed as for matvec. */
+static void matvec_rows(int G, const float *const *x, int n, const void *W, int half, int m, const float *const *init, float *const *y) {
+#if VEC == 16
+    switch (G) {
+        case 2: matvec_group(2, x, n, W, half, m, init, y); return;
+        case 3: matvec_group(3, x, n, W, half, m, init, y); return;
+        case 4: matvec_group(4, x, n, W, half, m, init, y); return;
+        case 5: matvec_group(5, x, n, W, half, m, init, y); return;
+        case 6: matvec_group(6, x, n, W, half, m, init, y); return;
+        default: break;
+    }
+#endif
+    for (int g = 0; g < G; g++) matvec(x[g], NULL, n, n, W, half, m, init[g], y[g]);
+}
+
 /* The nonzero entries of relu(v[0:n]): their values and indices; returns their number. */
 static int relu_nonzero(const float *v, int n, float *val, int32_t *row) {
     int count = 0;
@@ -247,103 +298,155 @@ static void exp_shifted(const float *v, int n, float top, float *e) {
     for (; j < n; j++) e[j] = expf(v[j] - top);
 }
 
-/* Scratch floats needed by wavenet_generate. */
+/* One row's state and conditioning, for wavenet_generate.
+ *   bias (L, pad(2D)): per-layer conv bias (+ speaker) when frames == 0; else proj (frames, L, pad(2D))
+ *   holds the per-frame biases (bias + projected conditioning), linearly interpolated per sample at
+ *   offset + t. queue (Q, R), *position and *previous (-1: no sample yet) are updated.
+ *   uniforms (n): one per sample; tokens (n) receives the samples; logits_out (n, V), if not NULL,
+ *   the logits of each step; scratch: wavenet_scratch() floats. */
+typedef struct {
+    const float *bias, *proj;
+    int64_t frames, offset;
+    float *queue;
+    int64_t *position;
+    int32_t *previous;
+    const float *uniforms;
+    int32_t *tokens;
+    float *logits_out, *scratch;
+} Row;
+
+/* Scratch floats needed by one row of wavenet_generate. */
 int64_t wavenet_scratch(const Dims *d) {
     const int64_t R = d->residual, D = d->dilation, S = d->skip, E = d->end, V = d->vocab;
     const int64_t RS = pad((int)(R + S)) > R + pad((int)S) ? pad((int)(R + S)) : R + pad((int)S);
-    return 2 * R + pad((int)(2 * D)) + D + RS + 2 * pad((int)S) + pad((int)E) + 2 * pad((int)V) + (int64_t)d->layers * pad((int)(2 * D))
+    return 2 * R + pad((int)(2 * D)) + D + RS + pad((int)E) + 2 * pad((int)V) + (int64_t)d->layers * pad((int)(2 * D))
            + 2 * (S > E ? S : E);
 }
 
-/* Generate n samples of one row.
+/* Generate n samples of each of G rows at the same position, together (G <= MAX_GROUP share each
+ * weight load; 1 row: the head skips zero inputs).
  *   embed (V, R): the token embedding (x of layer 0; zeros before the first sample).
  *   conv ((L, pad(2D)/64, 2R, 64) packed [W1; W0]), res ((L-1, pad(R+S)/64, D, 64) packed [Wr | Ws]),
  *   last ((pad(S)/64, D, 64) packed Ws of the last layer), hidden ((pad(E)/64, S, 64)), out
  *   ((pad(V)/64, E, 64)): float16 if half, else float32.
- *   bias (L, pad(2D)): per-layer conv bias (+ speaker) when frames == 0; else proj (frames, L, pad(2D))
- *   holds the per-frame biases (bias + projected conditioning), linearly interpolated per sample.
  *   skip_b (S): the skip biases summed over layers; hidden_b (pad(E)), out_b (pad(V)).
  *   slots (period, L): the queue rows of x_{t-dilation} per layer at t mod period.
- *   queue (Q, R), *position and *previous (-1: no sample yet) are the row's state, updated.
- *   uniforms (n): one per sample; inv_temperature scales the logits; greedy != 0 takes the argmax.
- *   tokens (n) receives the samples; logits_out (n, V), if not NULL, the logits of each step.
- * Returns 0. */
+ *   inv_temperature scales the logits; greedy != 0 takes the argmax.
+ * Returns 0, or -1 if G is out of range or the rows' positions differ. */
 int wavenet_generate(const Dims *d, int32_t half, const float *embed, const void *conv, const void *res, const void *last,
-                     const void *hidden, const void *out, const float *bias, const float *proj, int32_t frames, int64_t offset,
-                     int32_t hop, const float *skip_b, const float *hidden_b, const float *out_b, const int64_t *slots,
-                     float *queue, int64_t *position, int32_t *previous, int64_t n, const float *uniforms,
-                     float inv_temperature, int32_t greedy, int32_t *tokens, float *logits_out, float *scratch) {
+                     const void *hidden, const void *out, int32_t hop, const float *skip_b, const float *hidden_b,
+                     const float *out_b, const int64_t *slots, Row *rows, int32_t G, int64_t n, float inv_temperature,
+                     int32_t greedy) {
     const int L = d->layers, R = d->residual, D = d->dilation, S = d->skip, E = d->end, V = d->vocab;
     const int A = pad(2 * D), RSP = pad(R + S), SP = pad(S), EP = pad(E), VP = pad(V);
     const int RS = RSP > R + SP ? RSP : R + SP;
+    if (G < 1 || G > MAX_GROUP) return -1;
+    for (int g = 1; g < G; g++) if (*rows[g].position != *rows[0].position) return -1;
     half = half && wavenet_half();
-    float *xp = scratch;                   /* (2R) [x | p] of this layer */
-    float *a = xp + 2 * R;                 /* (A) filter and gate pre-activations */
-    float *z = a + A;                      /* (D) gated units */
-    float *xs = z + D;                     /* (RS) [x | skip] */
-    float *hid = xs + RS;                  /* (EP) */
-    float *logits = hid + EP;              /* (VP) */
-    float *cdf = logits + VP;              /* (VP) */
-    float *layer_bias = cdf + VP;          /* (L, A) this sample's biases */
-    float *val = layer_bias + (size_t)L * A; /* (max(S, E)) nonzero inputs */
-    int32_t *row = (int32_t *)(val + (S > E ? S : E)); /* (max(S, E)) their indices */
+    float *xp[MAX_GROUP], *a[MAX_GROUP], *z[MAX_GROUP], *xs[MAX_GROUP], *skip[MAX_GROUP], *hid[MAX_GROUP], *logits[MAX_GROUP],
+        *cdf[MAX_GROUP], *layer_bias[MAX_GROUP], *val[MAX_GROUP];
+    const float *b[MAX_GROUP], *bl[MAX_GROUP];
+    int32_t *row_index[MAX_GROUP];
+    for (int g = 0; g < G; g++) {
+        xp[g] = rows[g].scratch;              /* (2R) [x | p] of this layer */
+        a[g] = xp[g] + 2 * R;                 /* (A) filter and gate pre-activations */
+        z[g] = a[g] + A;                      /* (D) gated units */
+        xs[g] = z[g] + D;                     /* (RS) [x | skip] */
+        skip[g] = xs[g] + R;
+        hid[g] = xs[g] + RS;                  /* (EP) */
+        logits[g] = hid[g] + EP;              /* (VP) */
+        cdf[g] = logits[g] + VP;              /* (VP) */
+        layer_bias[g] = cdf[g] + VP;          /* (L, A) this sample's biases */
+        val[g] = layer_bias[g] + (size_t)L * A; /* (max(S, E)) the head's inputs (nonzero ones, for one row) */
+        row_index[g] = (int32_t *)(val[g] + (S > E ? S : E)); /* (max(S, E)) their indices */
+    }
     const size_t conv_size = (size_t)A * 2 * R, res_size = (size_t)RSP * D;
     const size_t bytes = half ? 2 : 4;
     for (int64_t s = 0; s < n; s++) {
-        const int64_t t = *position;
-        const float *b = bias;
+        const int64_t t = *rows[0].position;
 #ifdef WAVENET_PROFILE
         prof_t = __rdtsc();
 #endif
-        if (frames > 0) {
-            int64_t u = offset + t, f = u / hop;
-            float frac = (float)(u % hop) / (float)hop;
-            if (f >= frames - 1) { f = frames - 1; frac = 0.0f; }
-            const float *lo = proj + (size_t)f * L * A, *hi = proj + (size_t)(f + 1 < frames ? f + 1 : f) * L * A;
-            for (int k = 0; k < L * A; k++) layer_bias[k] = lo[k] + frac * (hi[k] - lo[k]);
-            b = layer_bias;
+        for (int g = 0; g < G; g++) {
+            const Row *r = rows + g;
+            b[g] = r->bias;
+            if (r->frames > 0) {
+                int64_t u = r->offset + t, f = u / hop;
+                float frac = (float)(u % hop) / (float)hop;
+                if (f >= r->frames - 1) { f = r->frames - 1; frac = 0.0f; }
+                const float *lo = r->proj + (size_t)f * L * A, *hi = r->proj + (size_t)(f + 1 < r->frames ? f + 1 : f) * L * A;
+                for (int k = 0; k < L * A; k++) layer_bias[g][k] = lo[k] + frac * (hi[k] - lo[k]);
+                b[g] = layer_bias[g];
+            }
+            if (*r->previous >= 0) memcpy(xs[g], embed + (size_t)(*r->previous) * R, sizeof(float) * R);
+            else memset(xs[g], 0, sizeof(float) * R);
+            memcpy(skip[g], skip_b, sizeof(float) * S);
         }
         TICK(0);
         const int64_t *slot = slots + (size_t)(t % d->period) * L;
-        if (*previous >= 0) memcpy(xs, embed + (size_t)(*previous) * R, sizeof(float) * R);
-        else memset(xs, 0, sizeof(float) * R);
-        memcpy(xs + R, skip_b, sizeof(float) * S);
         for (int l = 0; l < L; l++) {
-            float *past = queue + (size_t)slot[l] * R;
-            memcpy(xp, xs, sizeof(float) * R);
-            memcpy(xp + R, past, sizeof(float) * R);
-            memcpy(past, xs, sizeof(float) * R); /* x_t replaces x_{t-dilation} */
+            for (int g = 0; g < G; g++) {
+                float *past = rows[g].queue + (size_t)slot[l] * R;
+                memcpy(xp[g], xs[g], sizeof(float) * R);
+                memcpy(xp[g] + R, past, sizeof(float) * R);
+                memcpy(past, xs[g], sizeof(float) * R); /* x_t replaces x_{t-dilation} */
+                bl[g] = b[g] + (size_t)l * A;
+            }
             TICK(0);
-            matvec(xp, NULL, 2 * R, 2 * R, (const char *)conv + l * conv_size * bytes, half, A, b + (size_t)l * A, a);
+            const void *conv_l = (const char *)conv + l * conv_size * bytes;
+            if (G == 1) matvec(xp[0], NULL, 2 * R, 2 * R, conv_l, half, A, bl[0], a[0]);
+            else matvec_rows(G, (const float *const *)xp, 2 * R, conv_l, half, A, bl, a);
             TICK(1);
-            gate(a, D, z);
+            for (int g = 0; g < G; g++) gate(a[g], D, z[g]);
             TICK(2);
-            if (l + 1 < L) matvec(z, NULL, D, D, (const char *)res + l * res_size * bytes, half, RSP, xs, xs);
-            else matvec(z, NULL, D, D, last, half, SP, xs + R, xs + R);
+            if (l + 1 < L) {
+                const void *res_l = (const char *)res + l * res_size * bytes;
+                if (G == 1) matvec(z[0], NULL, D, D, res_l, half, RSP, xs[0], xs[0]);
+                else matvec_rows(G, (const float *const *)z, D, res_l, half, RSP, (const float *const *)xs, xs);
+            } else {
+                if (G == 1) matvec(z[0], NULL, D, D, last, half, SP, skip[0], skip[0]);
+                else matvec_rows(G, (const float *const *)z, D, last, half, SP, (const float *const *)skip, skip);
+            }
             TICK(3);
         }
-        int count = relu_nonzero(xs + R, S, val, row);
-        matvec(val, row, count, S, hidden, half, EP, hidden_b, hid);
-        count = relu_nonzero(hid, E, val, row);
-        matvec(val, row, count, E, out, half, VP, out_b, logits);
-        TICK(4);
-        if (logits_out) memcpy(logits_out + (size_t)s * V, logits, sizeof(float) * V);
-        int token = 0;
-        if (greedy) {
-            for (int j = 1; j < V; j++) if (logits[j] > logits[token]) token = j;
+        if (G == 1) { /* one row: skip the ReLUs' zeros */
+            int count = relu_nonzero(skip[0], S, val[0], row_index[0]);
+            matvec(val[0], row_index[0], count, S, hidden, half, EP, hidden_b, hid[0]);
+            count = relu_nonzero(hid[0], E, val[0], row_index[0]);
+            matvec(val[0], row_index[0], count, E, out, half, VP, out_b, logits[0]);
         } else {
-            float top = -INFINITY;
-            for (int j = 0; j < V; j++) { logits[j] *= inv_temperature; if (logits[j] > top) top = logits[j]; }
-            exp_shifted(logits, V, top, cdf);
-            float total = 0.0f;
-            for (int j = 0; j < V; j++) { total += cdf[j]; cdf[j] = total; }
-            const float target = uniforms[s] * (cdf[V - 1] * (1.0f - 9.5367431640625e-07f));
-            while (token < V - 1 && cdf[token] <= target) token++;
+            const float *hb[MAX_GROUP], *ob[MAX_GROUP];
+            for (int g = 0; g < G; g++) {
+                for (int j = 0; j < S; j++) val[g][j] = skip[g][j] > 0.0f ? skip[g][j] : 0.0f;
+                hb[g] = hidden_b, ob[g] = out_b;
+            }
+            matvec_rows(G, (const float *const *)val, S, hidden, half, EP, hb, hid);
+            for (int g = 0; g < G; g++)
+                for (int j = 0; j < E; j++) val[g][j] = hid[g][j] > 0.0f ? hid[g][j] : 0.0f;
+            matvec_rows(G, (const float *const *)val, E, out, half, VP, ob, logits);
+        }
+        TICK(4);
+        for (int g = 0; g < G; g++) {
+            Row *r = rows + g;
+            float *lg = logits[g], *c = cdf[g];
+            if (r->logits_out) memcpy(r->logits_out + (size_t)s * V, lg, sizeof(float) * V);
+            int token = 0;
+            if (greedy) {
+                for (int j = 1; j < V; j++) if (lg[j] > lg[token]) token = j;
+            } else {
+                float top = -INFINITY;
+                for (int j = 0; j < V; j++) { lg[j] *= inv_temperature; if (lg[j] > top) top = lg[j]; }
+                exp_shifted(lg, V, top, c);
+                float total = 0.0f;
+                for (int j = 0; j < V; j++) { total += c[j]; c[j] = total; }
+                const float target = r->uniforms[s] * (c[V - 1] * (1.0f - 9.5367431640625e-07f));
+                while (token < V - 1 && c[token] <= target) token++;
+            }
+            r->tokens[s] = token;
+            *r->previous = token;
+            *r->position = t + 1;
         }
         TICK(5);
-        tokens[s] = token;
-        *previous = token;
-        *position = t + 1;
     }
     return 0;
 }

@@ -53,6 +53,11 @@ class _Dims(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int32) for name in ("layers", "residual", "dilation", "skip", "end", "vocab", "period", "queue_rows")]
 
 
+class _Row(ctypes.Structure):  # wavenet_fused.c's Row: one row's state and conditioning
+    _fields_ = [("bias", _F), ("proj", _F), ("frames", ctypes.c_int64), ("offset", ctypes.c_int64), ("queue", _F), ("position", _I64),
+                ("previous", _I32), ("uniforms", _F), ("tokens", _I32), ("logits_out", _F), ("scratch", _F)]
+
+
 _library: ctypes.CDLL | None = None
 _failure: str | None = None
 
@@ -95,14 +100,15 @@ def _load() -> ctypes.CDLL:
                 raise OSError(f"compiling {SOURCE.name} failed: {result.stderr.strip() or result.returncode}")
             os.replace(built, target)  # atomic: another process may be building the same file
     lib = ctypes.CDLL(str(target))
-    lib.wavenet_block.restype = ctypes.c_int
-    lib.wavenet_half.restype = ctypes.c_int
+    for name in ("wavenet_block", "wavenet_half", "wavenet_group"):
+        getattr(lib, name).restype = ctypes.c_int
+        getattr(lib, name).argtypes = []
     lib.wavenet_scratch.restype = ctypes.c_int64
     lib.wavenet_scratch.argtypes = [ctypes.POINTER(_Dims)]
     lib.wavenet_generate.restype = ctypes.c_int
     lib.wavenet_generate.argtypes = [
-        ctypes.POINTER(_Dims), ctypes.c_int32, _F, _V, _V, _V, _V, _V, _F, _F, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32,
-        _F, _F, _F, _I64, _F, _I64, _I32, ctypes.c_int64, _F, ctypes.c_float, ctypes.c_int32, _I32, _F, _F,
+        ctypes.POINTER(_Dims), ctypes.c_int32, _F, _V, _V, _V, _V, _V, ctypes.c_int32, _F, _F, _F, _I64,
+        ctypes.POINTER(_Row), ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_int32,
     ]
     return lib
 
@@ -224,19 +230,40 @@ class FusedRow:
     def run(self, count: int, uniforms: np.ndarray | None = None, temperature: float = 1.0, greedy: bool = False,
             logits: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """The next `count` samples (int32), and their logits (count, V) if asked for."""
-        w = self.w
-        tokens = np.zeros(count, dtype=np.int32)
-        uniforms = np.zeros(count, dtype=np.float32) if uniforms is None else np.ascontiguousarray(uniforms, dtype=np.float32)
-        out = np.zeros((count, self.dims.vocab), dtype=np.float32) if logits else None
-        self.lib.wavenet_generate(
-            ctypes.byref(self.dims), int(w.half), _pointer(w.embed), w.conv.ctypes.data, w.res.ctypes.data, w.last.ctypes.data,
-            w.hidden.ctypes.data, w.out.ctypes.data, _pointer(self.bias), _pointer(self.proj), self.frames, self.offset, self.hop,
-            _pointer(w.skip_bias), _pointer(w.hidden_bias), _pointer(w.out_bias), _pointer(w.slots, _I64), _pointer(self.queue),
-            _pointer(self.position, _I64), _pointer(self.previous, _I32), count, _pointer(uniforms), 1.0 / temperature, int(greedy),
-            _pointer(tokens, _I32), _pointer(out) if out is not None else None, _pointer(self.scratch),
-        )
+        (tokens, out), = run_rows([self], count, [uniforms], temperature, greedy, logits)
         return tokens, out
 
+    def _state(self, count: int, uniforms: np.ndarray, tokens: np.ndarray, logits: np.ndarray | None) -> _Row:
+        return _Row(_pointer(self.bias), _pointer(self.proj), self.frames, self.offset, _pointer(self.queue), _pointer(self.position, _I64),
+                    _pointer(self.previous, _I32), _pointer(uniforms), _pointer(tokens, _I32),
+                    _pointer(logits) if logits is not None else None, _pointer(self.scratch))
+
+
+def run_rows(rows: list[FusedRow], count: int, uniforms: list[np.ndarray | None], temperature: float = 1.0, greedy: bool = False,
+             logits: bool = False) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """The next `count` samples of several rows of one model's weights, at the same position, in
+    one call: up to the library's wavenet_group() rows share each weight load (AVX-512: 6)."""
+    w = rows[0].w
+    if any(row.w is not w for row in rows) or len({int(row.position[0]) for row in rows}) != 1:
+        raise ValueError("rows run together share their weights and their position")
+    results, states = [], []
+    for row, draws in zip(rows, uniforms, strict=True):
+        draws = np.zeros(count, dtype=np.float32) if draws is None else np.ascontiguousarray(draws, dtype=np.float32)
+        tokens = np.zeros(count, dtype=np.int32)
+        out = np.zeros((count, w.dims.vocab), dtype=np.float32) if logits else None
+        results.append((tokens, out, draws))  # the uniforms kept alive for the call
+        states.append(row._state(count, draws, tokens, out))
+    group = w.lib.wavenet_group()
+    for begin in range(0, len(rows), group):
+        part = states[begin : begin + group]
+        code = w.lib.wavenet_generate(
+            ctypes.byref(w.dims), int(w.half), _pointer(w.embed), w.conv.ctypes.data, w.res.ctypes.data, w.last.ctypes.data,
+            w.hidden.ctypes.data, w.out.ctypes.data, rows[0].hop, _pointer(w.skip_bias), _pointer(w.hidden_bias), _pointer(w.out_bias),
+            _pointer(w.slots, _I64), (_Row * len(part))(*part), len(part), count, 1.0 / temperature, int(greedy),
+        )
+        if code != 0:
+            raise RuntimeError(f"wavenet_generate failed ({code})")
+    return [(tokens, out) for tokens, out, _ in results]
 
 def plan(model, strategy, rows: int, device: torch.device) -> tuple[float, bool] | None:
     """(temperature, greedy) when the fused path can generate this request exactly as `generate`
@@ -270,26 +297,36 @@ def uniforms(seed: int, row: int, count: int) -> np.ndarray:
 
 def generate(model, strategy, lengths: list[int], speakers: list[int | None], frames: list[torch.Tensor | None],
              temperature: float, greedy: bool, progress=None, timings: dict | None = None) -> list[np.ndarray]:
-    """Each row's samples (lengths[i] of them), one row after another, `CHUNK` samples per call.
-    timings, if given, receives "step": the seconds spent in the C calls (the rest of the call's
-    time is this loop's: laying out the weights, the uniforms, progress)."""
-    results = []
+    """Each row's samples (lengths[i] of them): rows in groups of wavenet_group() (AVX-512: 6; else
+    1) run together while they last, `CHUNK` samples per call. timings, if given, receives "step":
+    the seconds spent in the C calls (the rest of the call's time is this loop's: laying out the
+    weights, the uniforms, progress)."""
     done, total, inside = 0, sum(lengths), 0.0
     weights = weights_of(model)
-    for row, (length, speaker, row_frames) in enumerate(zip(lengths, speakers, frames, strict=True)):
-        fused = FusedRow(model, speaker, row_frames, weights=weights)
-        draws = None if greedy else uniforms(strategy.seed, row, length)
-        pieces = []
-        for begin in range(0, length, CHUNK):
-            count = min(CHUNK, length - begin)
+    group = weights.lib.wavenet_group()
+    results: list[np.ndarray] = []
+    for first in range(0, len(lengths), group):  # rows `group` at a time, together while they last
+        members = range(first, min(first + group, len(lengths)))
+        rows = [FusedRow(model, speakers[i], frames[i], weights=weights) for i in members]
+        draws = [None if greedy else uniforms(strategy.seed, i, lengths[i]) for i in members]
+        pieces: list[list[np.ndarray]] = [[] for _ in members]
+        position = 0
+        while True:
+            active = [k for k, i in enumerate(members) if lengths[i] > position]
+            if not active:
+                break
+            count = min(CHUNK, min(lengths[members[k]] for k in active) - position)
             began = time.perf_counter()
-            tokens, _ = fused.run(count, None if draws is None else draws[begin : begin + count], temperature, greedy)
+            out = run_rows([rows[k] for k in active], count,
+                           [None if draws[k] is None else draws[k][position : position + count] for k in active], temperature, greedy)
             inside += time.perf_counter() - began
-            pieces.append(tokens)
-            done += count
+            for k, (tokens, _) in zip(active, out, strict=True):
+                pieces[k].append(tokens)
+            position += count
+            done += count * len(active)
             if progress is not None:
                 progress(done, total)
-        results.append(np.concatenate(pieces))
+        results.extend(np.concatenate(piece) if piece else np.zeros(0, dtype=np.int32) for piece in pieces)
     if timings is not None:
         timings["step"] = inside
     return results

@@ -2,14 +2,19 @@
 shift and scale only on noise before t), with an exact log-determinant; and distillation from a
 gaussian WaveNet vocoder through the real CLI, with its user mistakes."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from clihelpers import one_line_error, run
-from test_gaussian_wavenet import gaussian_vocoder  # noqa: F401  (the teacher fixture)
+from test_gaussian_wavenet import GAUSSIAN_VOCODER_SETTINGS, gaussian_vocoder  # noqa: F401  (the teacher fixture)
 from test_vocoder import vocoder  # noqa: F401  (a categorical vocoder, to refuse as a teacher)
-from test_wavenet_cli import RATE, ok
+from test_wavenet_cli import RATE, ROOT, ok, write_corpus
 
 from arcli.checkpoint import read_checkpoint
 from arcli.models.parallel_wavenet import ParallelWaveNet, ParallelWaveNetConfig
@@ -116,3 +121,21 @@ def test_student_mistakes_are_one_line(student, vocoder, tmp_path):  # noqa: F81
     one_line_error(run("train", "parallel-wavenet", "--data", corpus, "-o", student), "--teacher")
     one_line_error(run("train", "wavenet", "--teacher", teacher, "--data", corpus, "-o", student), "--teacher is for parallel-wavenet")
     assert not student.exists()
+
+
+def test_the_gpu_recipe_runs_and_resumes_with_tiny_settings_on_the_cpu(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    for split, names in (("train", ("1.wav", "2.wav")), ("valid", ("0.wav",))):
+        for speaker in ("alice", "bob"):
+            (tmp_path / "speech" / split / speaker).mkdir(parents=True)
+            for name in names:
+                shutil.copy(corpus / speaker / name, tmp_path / "speech" / split / speaker / name)
+    env = {**os.environ, "DEVICE": "cpu", "BATCH": "2", "ARCLI": f"{sys.executable} -m arcli", "OMP_NUM_THREADS": "1",
+           "TEACHER_SET": " ".join(GAUSSIAN_VOCODER_SETTINGS[:-2]), "STUDENT_SET": " ".join(STUDENT_SETTINGS)}
+    script, out = ROOT / "examples" / "gpu" / "train_parallel_wavenet.sh", tmp_path / "out"
+    first = subprocess.run(["bash", script, tmp_path / "speech", out, "2", "2"], env=env, capture_output=True, text=True)
+    assert first.returncode == 0 and "teacher: at step 2 of 2" in first.stderr and "student: at step 2 of 2" in first.stderr, first.stderr
+    again = subprocess.run(["bash", script, tmp_path / "speech", out, "2", "3"], env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "teacher: done" in again.stderr and "student: at step 3 of 3" in again.stderr, again.stderr
+    assert read_checkpoint(out / "student.safetensors").metrics["step"] == 3
+    assert "resum" in (out / "student.log").read_text().lower()

@@ -9,7 +9,7 @@ values) -- this prints samples/s side by side for
   (b) arcli's incremental `step` (per-layer ring buffers), driven by a bare loop that samples from
       the softmax, at batch 1 and 16; and the same through `arcli.decoding.generate` when present;
   (c) the fused C step (arcli/models/wavenet_fused.c) that `arcli sample` uses for up to
-      FUSED_MAX_ROWS rows, rows one after another: the bare C calls, and `wavenet_fused.generate` as
+      FUSED_MAX_ROWS rows, in groups that share each weight load: the bare C calls, and `wavenet_fused.generate` as
       `arcli sample` runs it, with the share of its time inside the C calls (the model's step, the
       draw included) against its Python loop; at batch 1 also with float32 weights instead of the
       (exact) float16 ones;
@@ -120,8 +120,9 @@ def engine(model: WaveNet, batch: int, samples: int):
 
 
 def fused_step(model: WaveNet, batch: int, samples: int, half: bool | None = None):
-    """The bare fused C step (arcli/models/wavenet_fused.c): one call per row of `samples` samples,
-    rows one after another, the draw from the softmax included; half=False: float32 weights."""
+    """The bare fused C step (arcli/models/wavenet_fused.c): `samples` samples of every row in one
+    call of run_rows (rows in groups of wavenet_group() that share each weight load), the draw from
+    the softmax included; half=False: float32 weights."""
     import numpy as np
 
     from arcli.models import wavenet_fused
@@ -130,11 +131,9 @@ def fused_step(model: WaveNet, batch: int, samples: int, half: bool | None = Non
     weights = wavenet_fused.FusedWeights(model, half=half)
     uniforms = np.random.default_rng(0).random(samples).astype(np.float32)
     rows = [wavenet_fused.FusedRow(model, speaker, weights=weights) for _ in range(batch)]
-    for row in rows:
-        row.run(50, uniforms[:50])  # warm-up (and the queues fill with something)
+    wavenet_fused.run_rows(rows, 50, [uniforms[:50]] * batch)  # warm-up (and the queues fill with something)
     begin = time.perf_counter()
-    for row in rows:
-        row.run(samples, uniforms)
+    wavenet_fused.run_rows(rows, samples, [uniforms] * batch)
     return batch * samples, time.perf_counter() - begin
 
 
@@ -144,7 +143,7 @@ _FUSED_BEST: dict[int, float] = {}  # batch -> seconds of that run
 
 def fused(model: WaveNet, batch: int, samples: int):
     """wavenet_fused.generate as `arcli sample` runs it: the weights laid out, each row's uniform
-    stream, rows one after another in calls of CHUNK samples; records the C calls' share."""
+    stream, rows in groups in calls of CHUNK samples; records the C calls' share."""
     from arcli.decoding import Sample
     from arcli.models import wavenet_fused
 
@@ -275,6 +274,7 @@ def main() -> None:
             print(f"    arcli.decoding.generate not available: {error}")
         try:
             half = wavenet_fused.FusedWeights(model).half
+            group = wavenet_fused.library().wavenet_group()
             results["fused step", batch] = report(f"(c) fused C step + sampling ({'float16' if half else 'float32'} weights)", batch,
                                                   best_rate(args.repeats, lambda b=batch, n=n: fused_step(model, b, n)))
             if batch == 1 and half:
@@ -283,7 +283,8 @@ def main() -> None:
             results["fused", batch] = report("    wavenet_fused.generate (as arcli sample)", batch,
                                              best_rate(args.repeats, lambda b=batch, n=n: fused(model, b, n)))
             print(f"    wavenet_fused.generate's time: {FUSED_SHARE[batch]:.1%} in the C step, {1 - FUSED_SHARE[batch]:.1%} in its "
-                  f"Python loop; fused / reference generate: {results['fused', batch] / results['engine', batch]:.1f}x")
+                  f"Python loop; fused / reference generate: {results['fused', batch] / results['engine', batch]:.1f}x"
+                  + (f"; rows in groups of {group}" if batch > 1 else ""))
         except OSError as error:
             print(f"    fused step unavailable: {error}")
         path = "fused" if batch <= wavenet_fused.FUSED_MAX_ROWS and ("fused", batch) in results else "engine"

@@ -14,9 +14,9 @@ with one line on stderr.
 
 `ARCLI_NO_FUSED=1` turns it off (the reference path, e.g. to compare). Used for sampling (any
 temperature, no top-k/top-p) and greedy search at float32 on the CPU, categorical output, for up to
-FUSED_MAX_ROWS rows, one after another: one row at a time it runs about twice as many samples per
-second as the batched reference step at 16 rows, and 1.5 times at 128
-(benchmarks/wavenet_generation.py).
+FUSED_MAX_ROWS rows, in groups that share each weight load (wavenet_group(): 6 with AVX-512):
+measured on a 2-core AMD EPYC (benchmarks/wavenet_generation.py and CPU-time checks), it runs
+2.5-3 times as many samples per second as the batched reference step at 16 to 512 rows.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from arcli.decoding.processors import Temperature
 from arcli.decoding.strategies import Greedy, Sample, _stream_seed
 
 SOURCE = Path(__file__).with_name("wavenet_fused.c")
-FUSED_MAX_ROWS = 128  # rows in turn beat the batched reference step up to here, as far as measured
+FUSED_MAX_ROWS = 512  # the fused groups beat the batched reference step up to here, as far as measured
 CHUNK = 2048  # samples per C call, between progress updates
 
 _F = ctypes.POINTER(ctypes.c_float)

@@ -150,7 +150,6 @@ class FusedWeights:
         self.lib = library()
         if self.lib is None:
             raise OSError(f"the fused WaveNet step is unavailable: {_failure}")
-        self.model = model
         block = self.block = self.lib.wavenet_block()
         blocks, config = model.blocks, model.config
         L, R, D, S, E, V = len(blocks), config.residual_channels, config.dilation_channels, config.skip_channels, config.end_channels, model.vocab_size
@@ -160,16 +159,16 @@ class FusedWeights:
             conv = [torch.cat([b.conv.weight[:, :, 1].detach().t(), b.conv.weight[:, :, 0].detach().t()]) for b in blocks]  # (2R, 2D)
             res = [torch.cat([t(b.residual), t(b.skip)], 1) for b in blocks[:-1]]  # (D, R+S)
             matrices = [conv, res, [t(blocks[-1].skip)], [t(model.head[1])], [t(model.head[3])]]
-            matrices = [[_numpy(m.float()) for m in group] for group in matrices]
-            exact = all(np.array_equal(m.astype(np.float16).astype(np.float32), m) for group in matrices for m in group)
+            matrices = [[m.float() for m in group] for group in matrices]
+            exact = all(torch.equal(m.half().float(), m) for group in matrices for m in group)
             self.half = bool(self.lib.wavenet_half()) and exact and half is not False
-            dtype = np.float16 if self.half else np.float32
+            dtype = torch.float16 if self.half else torch.float32
 
-            def pack(group: list[np.ndarray]) -> np.ndarray:  # each (n, m) -> (pad(m) / block, n, block), stacked
+            def pack(group: list[torch.Tensor]) -> np.ndarray:  # each (n, m) -> (pad(m) / block, n, block), stacked
                 if not group:
-                    return np.zeros(block, dtype=dtype)
-                padded = [_pad_columns(m, _padded(m.shape[1], block)) for m in group]
-                return np.ascontiguousarray(np.stack([m.reshape(m.shape[0], -1, block).transpose(1, 0, 2) for m in padded]).astype(dtype))
+                    return np.zeros(block, dtype=np.float16 if self.half else np.float32)
+                padded = [torch.nn.functional.pad(m, (0, _padded(m.shape[1], block) - m.shape[1])) for m in group]
+                return torch.stack([m.reshape(m.shape[0], -1, block).transpose(0, 1) for m in padded]).to(dtype).contiguous().numpy()
 
             self.conv, self.res, self.last, self.hidden, self.out = (pack(group) for group in matrices)
             self.embed = _numpy(model.embed.weight.float())

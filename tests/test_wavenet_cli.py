@@ -197,6 +197,28 @@ def test_a_conditional_model_defaults_to_speaker_0_with_a_note(trained, tmp_path
     assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
 
 
+def test_a_checkpoint_may_carry_its_own_sampling_temperature(trained, tmp_path):
+    """data["temperature"] (examples/speech/ship.py --temperature) is used when --temperature is absent."""
+    _, checkpoint = trained
+    stored = read_checkpoint(checkpoint)
+    warm = tmp_path / "warm.safetensors"
+    save_checkpoint(warm, stored.model_name, stored.config, stored.tensors, data={**stored.data, "temperature": 0.5},
+                    training=stored.training, metrics=stored.metrics)
+    common = ("--seconds", 0.03, "--speaker", 0, "--seed", 5)
+    result = ok(run("sample", "wavenet", "-c", warm, "--device", "cpu", *common, "-o", tmp_path / "default.wav"))
+    assert "temperature 0.5, the checkpoint's default" in result.stderr
+    ok(sample(checkpoint, *common, "--temperature", 0.5, "-o", tmp_path / "explicit.wav"))
+    ok(sample(checkpoint, *common, "-o", tmp_path / "plain.wav"))
+    default = read_wav(tmp_path / "default.wav")[0]
+    assert np.array_equal(default, read_wav(tmp_path / "explicit.wav")[0])
+    assert not np.array_equal(default, read_wav(tmp_path / "plain.wav")[0])
+    result = ok(run("sample", "wavenet", "-c", warm, "--device", "cpu", *common, "--temperature", 1, "-o", tmp_path / "one.wav"))
+    assert "checkpoint's default" not in result.stderr
+    assert np.array_equal(read_wav(tmp_path / "one.wav")[0], read_wav(tmp_path / "plain.wav")[0])
+    result = ok(run("sample", "wavenet", "-c", warm, "--device", "cpu", *common, "--strategy", "greedy", "-o", tmp_path / "g.wav"))
+    assert "checkpoint's default" not in result.stderr
+
+
 def test_force_overwrites_and_nothing_is_written_when_one_output_exists(trained, tmp_path):
     _, checkpoint = trained
     (tmp_path / "out-2.wav").write_bytes(b"keep me")

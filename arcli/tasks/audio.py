@@ -38,7 +38,7 @@ from arcli.models import wavenet_fused
 from arcli.models.wavenet import PCM16_STEP, LocalCondition, TTSConfig, VocoderConfig, WaveNet, WaveNetConfig, gaussian_16bit_nats
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
-from arcli.tasks import LN2, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
+from arcli.tasks import LN2, Decoding, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
 from arcli.tasks.conditioning import LinguisticFrames, MelFrames, Piece, Unconditioned
 from arcli.tasks.waveform import check_gaussian_decoding, decode_samples, encode_samples, gaussian_rows
 from arcli.training import LossOutput
@@ -175,6 +175,21 @@ def speaker_name(path: Path, label: str | None, names: list[str]) -> str | None:
     if label in names:
         return label
     return path.parent.name if path.parent.name in names else None
+
+
+def _checkpoint_temperature(loaded: Loaded, decoding: Decoding) -> tuple[Decoding, str]:
+    """The checkpoint's own sampling temperature (data["temperature"]) where the user gave none.
+
+    A shipped audio model may store the temperature its samples were judged at (the model card says
+    why); `--temperature 1` samples the model's own distribution, and greedy ignores it.
+    """
+    stored = loaded.checkpoint.data.get("temperature")
+    if stored is None or decoding.temperature is not None or decoding.strategy not in (None, "sample"):
+        return decoding, ""
+    if not isinstance(stored, (int, float)) or isinstance(stored, bool) or not 0 < stored <= 10:
+        raise DataError(f"the checkpoint's default temperature {stored!r} is not a number in (0, 10]")
+    note = f"temperature {stored:g}, the checkpoint's default (--temperature 1 samples the model's own distribution)"
+    return dataclasses.replace(decoding, temperature=float(stored)), note
 
 
 def _note(message: str) -> None:
@@ -347,6 +362,9 @@ class AudioTask(Task):
         if speaker_note:  # last: only once every check has passed
             _note(speaker_note)
 
+        decoding, temperature_note = _checkpoint_temperature(loaded, decoding)
+        if temperature_note:
+            _note(temperature_note)
         strategy = decoding.make_strategy(self.default_strategy)
         if isinstance(strategy, Sample) and decoding.seed is None:
             _note(f"seed {strategy.seed} (pass --seed {strategy.seed} to repeat this run)")

@@ -87,7 +87,9 @@ def main() -> None:
     parser.add_argument("--grammar", action="store_true", help="recognise with a grammar of the held-out sentences")
     parser.add_argument("--out", type=Path, default=Path("resynthesis"), help="where the generated clips go")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, help="sampling temperature of the vocoder and TTS runs (default: the checkpoint's)")
     args = parser.parse_args()
+    sampling = ["--seed", str(args.seed)] + ([] if args.temperature is None else ["--temperature", str(args.temperature)])
     if shutil.which("pocketsphinx_continuous") is None:
         sys.exit("needs pocketsphinx: apt-get install pocketsphinx pocketsphinx-en-us")
     clips = held_out(args.corpus, args.split)[: args.clips]
@@ -105,12 +107,12 @@ def main() -> None:
             out = args.out / ("vocoder-" + clip["path"].replace("/", "-"))
             if not out.exists():
                 subprocess.run(["arcli", "sample", "wavenet-vocoder", "-c", args.vocoder, "--mel-from", str(args.corpus / clip["path"]),
-                                "-o", str(out), "--seed", str(args.seed), "--quiet"], check=True)
+                                "-o", str(out), *sampling, "--quiet"], check=True)
             return out
 
         systems["wavenet-vocoder resynthesis"] = resynthesise
     if args.tts:
-        spoken = speak_all(clips, args.tts, args.out, args.seed)
+        spoken = speak_all(clips, args.tts, args.out, sampling)
         systems["wavenet-tts from text"] = lambda clip: spoken[clip["path"]]
     for name, source in systems.items():
         errors = total = exact = 0
@@ -127,7 +129,7 @@ def main() -> None:
               f"voiced frames {100 * sum(voiced) / len(voiced):.0f}% (mean over clips)")
 
 
-def speak_all(clips: list[dict], checkpoint: str, out: Path, seed: int) -> dict[str, Path]:
+def speak_all(clips: list[dict], checkpoint: str, out: Path, sampling: list[str]) -> dict[str, Path]:
     """Each clip's text spoken by wavenet-tts as the clip's speaker: one --text-file run per speaker."""
     from arcli.checkpoint import read_checkpoint
 
@@ -143,7 +145,7 @@ def speak_all(clips: list[dict], checkpoint: str, out: Path, seed: int) -> dict[
             lines = stem.with_suffix(".txt")
             lines.write_text("".join(" ".join(clip["text"].split()) + "\n" for clip in group))
             command = ["arcli", "sample", "wavenet-tts", "-c", checkpoint, "--text-file", str(lines), "-o", str(stem.with_suffix(".wav")),
-                       "--seed", str(seed), "--quiet", "--force"]
+                       *sampling, "--quiet", "--force"]
             if speaker in speakers:
                 command += ["--speaker", str(speakers.index(speaker))]
             subprocess.run(command, check=True)

@@ -49,12 +49,18 @@ def main() -> None:
     parser.add_argument("clips", nargs="+")
     parser.add_argument("--threshold", type=float, default=0.5)
     args = parser.parse_args()
+    shares, flatness = [], []
     for path in args.clips:
         audio = load_audio(path, RATE)
         if isinstance(audio, torch.Tensor):
             audio = audio.numpy()
         v = voicing(audio, RATE, args.threshold)
+        shares.append(100 * v["voiced"])
+        flatness.append(v["flatness"])
         print(f"{path}: {v['frames']} non-silent frames, {100 * v['voiced']:.0f}% voiced, spectral flatness {v['flatness']:.2f}")
+    if len(shares) > 1:
+        print(f"{len(shares)} clips: {np.mean(shares):.0f}% voiced on average ({min(shares):.0f}-{max(shares):.0f}%), "
+              f"spectral flatness {np.nanmean(flatness):.2f} ({np.nanmin(flatness):.2f}-{np.nanmax(flatness):.2f})")
     sys.stdout.flush()
 
 

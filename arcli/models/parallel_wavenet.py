@@ -55,6 +55,7 @@ class ParallelWaveNetConfig:
     cond_hop: int = 200  # set from the teacher: samples per frame
     sample_rate: int = 16000  # set from the teacher
     min_log_scale: float = -7.0  # each flow's log s floor, as the teacher's (ClariNet): bounded densities and KLs
+    initial_scale: float = 0.05  # at the start x = 0.05 z: quiet white noise near speech's level (unit noise costs KLs of thousands of nats)
     power_weight: float = 1.0  # distillation: weight of the STFT-magnitude (power) loss against the KL per sample
     scale_regularizer: float = 4.0  # distillation: ClariNet's lambda on (log sigma_teacher - log S)^2, which steadies early training
 
@@ -63,6 +64,8 @@ class ParallelWaveNetConfig:
                      "cond_channels", "cond_hidden", "cond_hop", "sample_rate"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ParallelWaveNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.initial_scale > 0:
+            raise ValueError(f"ParallelWaveNetConfig.initial_scale must be > 0, got {self.initial_scale}")
         if self.power_weight < 0 or self.scale_regularizer < 0:
             raise ValueError("ParallelWaveNetConfig.power_weight and scale_regularizer must be >= 0")
 
@@ -81,6 +84,11 @@ class ParallelWaveNet(nn.Module):
         super().__init__()
         self.config = config
         self.flows = nn.ModuleList(WaveNet(config.flow_config()) for _ in range(config.flows))
+        with torch.no_grad():  # every flow starts as z -> z * initial_scale ** (1 / flows), as Glow starts from the identity
+            for flow in self.flows:
+                head = flow.head[3]
+                head.weight.zero_()
+                head.bias.copy_(torch.tensor([0.0, math.log(config.initial_scale) / config.flows]))
 
     @property
     def receptive_field(self) -> int:

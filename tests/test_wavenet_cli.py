@@ -364,3 +364,28 @@ def test_a_checkpoint_of_another_model_is_refused(trained, tmp_path, bigram_plug
     one_line_error(run("score-likelihood", "wavenet", "-c", text_model, trained[0]), "'bigram' checkpoint")
     save_checkpoint(tmp_path / "odd.safetensors", "wavenet", {"layers_per_stack": 2, "no_such_field": 1}, {})
     one_line_error(sample(tmp_path / "odd.safetensors", "-o", tmp_path / "y.wav"), "unknown fields")
+
+
+def test_init_fine_tunes_from_a_checkpoint_and_refuses_data_of_another_form(trained, tmp_path):
+    corpus, checkpoint = trained
+    tuned = tmp_path / "tuned.safetensors"
+    base = ("train", "wavenet", "--data", corpus, "--steps", 1, "--batch-size", 2, "--warmup-steps", 0, "--quiet", "--device", "cpu")
+    ok(run(*base, "--init", checkpoint, "--lr", 1e-12, "-o", tuned))  # a step too small to move the weights
+    start, after = read_checkpoint(checkpoint), read_checkpoint(tuned)
+    assert after.config == start.config and after.training["init"] == str(checkpoint)
+    assert all(torch.allclose(after.tensors[k].float(), start.tensors[k].float(), atol=1e-6) for k in start.tensors)
+    fresh = tmp_path / "fresh.safetensors"
+    ok(run(*base, *TINY_SETTINGS, "--lr", 1e-12, "-o", fresh))
+    fresh_tensors = read_checkpoint(fresh).tensors  # the same seed, but not the trained weights
+    assert not all(torch.allclose(fresh_tensors[k].float(), start.tensors[k].float(), atol=1e-6) for k in start.tensors)
+
+    out = tmp_path / "m.safetensors"
+    one_line_error(run(*base, "--init", checkpoint, "--set", "residual_channels=4", "-o", out), "--set", "--init")
+    one_line_error(run(*base, "--init", checkpoint, "--resume", tuned, "-o", out), "--init and --resume")
+    one_line_error(run(*base, "--init", tmp_path / "none.safetensors", "-o", out), "none.safetensors")
+    (tmp_path / "one" / "carol").mkdir(parents=True)
+    for i in range(3):
+        shutil.copy(corpus / "alice" / f"{i}.wav", tmp_path / "one" / "carol" / f"{i}.wav")
+    one_line_error(run("train", "wavenet", "--data", tmp_path / "one", "--init", checkpoint, "--steps", 1, "--quiet", "--device", "cpu",
+                       "-o", out), "does not fit the --init checkpoint", "num_speakers")
+    assert not out.exists()

@@ -16,7 +16,7 @@ import torch
 import typer
 
 from arcli import distributed, metrics_log
-from arcli.checkpoint import read_training_state_info, save_checkpoint, training_state_path
+from arcli.checkpoint import Checkpoint, read_checkpoint, read_training_state_info, save_checkpoint, training_state_path
 from arcli.cli import options as opt
 from arcli.cli.common import resolve_device, user_errors
 from arcli.errors import ArcliError, CheckpointError, DataError, OptionError
@@ -77,6 +77,10 @@ def train(
     resume: Annotated[Path | None, typer.Option(
         help="Continue from a training state (*.train.safetensors), with the model settings it was started with.", rich_help_panel=TRAINING
     )] = None,
+    init: Annotated[Path | None, typer.Option(
+        help="Start from this checkpoint's weights (fine-tuning, a fresh optimizer and schedule); the model settings are "
+             "the checkpoint's, and the data must give the same (speakers, features, vocabulary).", rich_help_panel=TRAINING
+    )] = None,
     half: Annotated[bool, typer.Option(help="Store the weights in float16 (half the file size).")] = False,
     device: opt.Device = opt.DeviceChoice.auto,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
@@ -107,7 +111,7 @@ class _RankError(ArcliError):
 
 def _train(world: distributed.World, *, model, output, data, valid, src, tgt, valid_src, valid_tgt, class_names, teacher, settings, steps,
            batch_size, learning_rate, weight_decay, warmup_steps, clip_norm, eval_every, save_every, log_every, log_dir, resume,
-           half, device, seed, force, quiet) -> None:
+           init, half, device, seed, force, quiet) -> None:
     for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--eval-every", eval_every), ("--save-every", save_every),
                         ("--log-every", log_every)):
         if value < 1:
@@ -117,6 +121,8 @@ def _train(world: distributed.World, *, model, output, data, valid, src, tgt, va
     if output.suffix != ".safetensors":
         raise OptionError(f"--output must end in .safetensors, got '{output}'")
     distributed.check_batch(world, batch_size)
+    if init is not None and resume is not None:
+        raise OptionError("--init and --resume exclude each other: --resume continues a training state, --init starts anew from a checkpoint")
     if resume is None:
         if world.main:
             check_new(output, force)
@@ -137,7 +143,14 @@ def _train(world: distributed.World, *, model, output, data, valid, src, tgt, va
     if teacher is not None and family.name != "parallel-wavenet":
         raise OptionError(f"--teacher is for parallel-wavenet; '{model}' trains on its data alone")
     state_info = read_training_state_info(resume)[1] if resume is not None else {}
-    config = _model_settings(family, _settings(settings or []), state_info, resume)
+    start = None
+    if init is not None:
+        start = read_checkpoint(init, expected_model=family.name)
+        if settings:
+            raise OptionError(f"--set: a run started with --init keeps the settings of '{init}'; train without --init to change them")
+        config = family.config(start.config)
+    else:
+        config = _model_settings(family, _settings(settings or []), state_info, resume)
     where = distributed.device_for(world, resolve_device(device.value))
     world = distributed.start(world, where)
     try:
@@ -145,7 +158,7 @@ def _train(world: distributed.World, *, model, output, data, valid, src, tgt, va
                         valid_src=valid_src, valid_tgt=valid_tgt, names=names, teacher=teacher, steps=steps, batch_size=batch_size,
                         learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps, clip_norm=clip_norm,
                         eval_every=eval_every, save_every=save_every, log_every=log_every, log_dir=log_dir, resume=resume,
-                        half=half, seed=seed, quiet=quiet)
+                        start=start, half=half, seed=seed, quiet=quiet)
     finally:
         distributed.stop(world)
 
@@ -176,18 +189,20 @@ def _model_settings(family, overrides: dict[str, str], state_info: dict, resume:
 
 def _train_in_group(world, family, config, state_info, where, *, output, data, valid, src, tgt, valid_src, valid_tgt, names, teacher, steps,
                     batch_size, learning_rate, weight_decay, warmup_steps, clip_norm, eval_every, save_every, log_every, log_dir,
-                    resume, half, seed, quiet) -> None:
+                    resume, start, half, seed, quiet) -> None:
     request = TrainRequest(data=list(data or []), valid=list(valid or []), src=src, tgt=tgt, valid_src=valid_src, valid_tgt=valid_tgt,
                            class_names=names, teacher=teacher)
     failure, setup, tensorboard = None, None, None
     try:
         # Only rank 0 describes the data; the others prepare the same in silence.
         with contextlib.nullcontext() if world.main else contextlib.redirect_stderr(io.StringIO()):
-            setup = family.task.prepare_training(family, config, request)
+            setup = _prepare(family, config, request, start)
         if "config" in state_info and dataclasses.asdict(setup.config) != state_info["config"]:
             before, now = state_info["config"], dataclasses.asdict(setup.config)
             differences = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v)
             raise DataError(f"this data gives the model other settings than '{resume}' has ({differences}); resume with the same data")
+        if start is not None:
+            _check_init_fits(family, start, setup)
         if world.main:
             for path in (output, training_state_path(output), metrics_log_path(output)):
                 removed = remove_stale_temporaries(path)
@@ -211,7 +226,10 @@ def _train_in_group(world, family, config, state_info, where, *, output, data, v
         )
 
     torch.manual_seed(seed)
-    net = family.build(setup.config).to(where)
+    net = family.build(setup.config)
+    if start is not None:
+        net.load_state_dict(start.tensors)  # float16 weights are widened to the parameters' dtype
+    net = net.to(where)
     options = TrainOptions(
         steps=steps, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
         warmup_steps=warmup_steps, clip_norm=clip_norm or None, eval_every=eval_every,
@@ -225,6 +243,7 @@ def _train_in_group(world, family, config, state_info, where, *, output, data, v
         "device": describe_hardware(where),
         "torch": torch.__version__,
         "processes": world.size,
+        **({} if start is None else {"init": str(start.path)}),
     }
     if world.parallel and world.main:
         typer.echo(f"data-parallel over {world.size} processes ({world.backend}), {batch_size // world.size} examples each per step",
@@ -246,6 +265,37 @@ def _train_in_group(world, family, config, state_info, where, *, output, data, v
     )
     if not result.interrupted and world.main:
         typer.echo(f"wrote {output} ({result.steps} steps, {result.wall_seconds:.0f} s)", err=True)
+
+
+def _prepare(family, config, request: TrainRequest, start: Checkpoint | None):
+    """The task's training setup; with --init, a data/settings clash is said in terms of the checkpoint."""
+    try:
+        return family.task.prepare_training(family, config, request)
+    except ArcliError as error:
+        if start is None:
+            raise
+        with contextlib.redirect_stderr(io.StringIO()):  # what this data gives with the default settings
+            given = dataclasses.asdict(family.task.prepare_training(family, family.config(), request).config)
+        defaults = dataclasses.asdict(family.config())
+        stored = dataclasses.asdict(family.config(start.config))
+        differences = [f"{key} {stored.get(key)} -> {value}" for key, value in given.items()
+                       if value != defaults.get(key) and value != stored.get(key)]
+        raise DataError(f"this data does not fit the --init checkpoint '{start.path}' ({', '.join(differences) or error}); "
+                        "fine-tune on data of the same form, or train a new model") from None
+
+
+def _check_init_fits(family, start: Checkpoint, setup) -> None:
+    """--init: the data must complete the checkpoint's settings the same way and describe inputs the same way."""
+    stored = dataclasses.asdict(family.config(start.config))  # fields added since it was written take their defaults
+    differences = [f"{key} {stored.get(key)} -> {value}" for key, value in dataclasses.asdict(setup.config).items() if stored.get(key) != value]
+    for key in ("speakers", "features", "classes", "class_names", "levels", "shape", "mu", "sample_rate"):
+        if key in start.data and setup.data_meta.get(key) != start.data[key]:
+            differences.append(f"its {key}")
+    if start.tokenizer != setup.tokenizer:
+        differences.append("its tokenizer")
+    if differences:
+        raise DataError(f"this data does not fit the --init checkpoint '{start.path}' ({', '.join(differences)}); "
+                        "fine-tune on data of the same form, or train a new model")
 
 
 def _fingerprint(setup) -> int:

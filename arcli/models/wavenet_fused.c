@@ -1,8 +1,9 @@
 /* The fused WaveNet step for the CPU (arcli/models/wavenet_fused.py lays out the weights and loads this file).
  *
- * One call generates n samples of one row: every layer's dilated pair, gate, residual and skip, the
- * output head and the draw of the next sample, with no Python in between. The arithmetic is that of
- * WaveNet.forward (arcli/models/wavenet.py) at one position, on the model's own matrices, unfused:
+ * One call generates n samples of one row, or of up to MAX_GROUP rows together: every layer's
+ * dilated pair, gate, residual and skip, the output head and the draw of the next sample, with no
+ * Python in between. The arithmetic is that of WaveNet.forward (arcli/models/wavenet.py) at one
+ * position, on the model's own matrices, unfused:
  *   a = bias_l + [x | p] [W1; W0]            (the dilated pair: x_t and x_{t-dilation} of layer l)
  *   z = tanh(a_filter) * sigmoid(a_gate),    sigmoid(g) = (1 + tanh(g/2)) / 2
  *   [x | skip] += z [Wr | Ws]                 (the residual 1x1 and this layer's skip 1x1 at once)
@@ -11,10 +12,13 @@
  *
  * The matrix-vector products keep their outputs in vector registers: each matrix is packed in
  * column blocks of BLOCK (64) outputs, a block's rows contiguous (block, row, 64), so one block
- * streams through memory while its 64 accumulators stay in registers (4 AVX-512 or 8 AVX2 ones).
- * Weights are float32, or float16 (converted on load with F16C) when the Python side finds that
- * every matrix is exactly representable in float16, as the shipped checkpoints are: half the bytes
- * to stream from cache, the same products. Zero inputs (the head's ReLU outputs) are skipped.
+ * streams through memory while its 64 accumulators stay in registers (8 AVX2 ones for one row;
+ * with AVX-512, 4 per row for up to 6 rows, which share each weight vector loaded and converted).
+ * Without AVX2, FMA and F16C: plain C loops, float32 only. Weights are float32, or float16
+ * (converted on load with F16C) when the Python side finds that every matrix is exactly
+ * representable in float16, as the shipped checkpoints are: half the bytes to stream from cache,
+ * the same products. Zero inputs (the head's ReLU outputs) are skipped for one row. Most of a
+ * sample's time is in the products (cc -DWAVENET_PROFILE counts cycles per section).
  * tanh and exp are vectorised (Cephes' expf polynomial, about 1 ulp).
  */
 #include <math.h>

@@ -22,11 +22,14 @@ python - "$fashion" "$out/valid" <<'PY'
 import sys
 from pathlib import Path
 import numpy as np
-from arcli.image.io import load_images, write_idx
+from arcli.image.io import load_images, write_idx, write_png
 fashion, valid = Path(sys.argv[1]), Path(sys.argv[2])
 images = load_images([fashion / "t10k-images-idx3-ubyte.gz"], (28, 28, 1))
 write_idx(valid / "test1000-images-idx3-ubyte.gz", images.pixels[:1000, :, :, 0])
 write_idx(valid / "test1000-labels-idx1-ubyte.gz", np.array([int(x) for x in images.labels[:1000]], dtype=np.uint8))
+(valid.parent / "test-png").mkdir(exist_ok=True)
+for i in range(8):  # the first 8 test images as PNG, for complete-image (the model card's figure: 0000, 0001, 0004, 0006)
+    write_png(valid.parent / "test-png" / f"{i:04d}.png", images.pixels[i])
 PY
 steps=600
 train() {  # NAME FILE SETTINGS...  (the budget's steps: $steps)

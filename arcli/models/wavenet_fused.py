@@ -191,7 +191,7 @@ class FusedWeights:
         self.dims = _Dims(L, R, D, S, E, V, period, sum(dilations))
 
 
-_laid_out: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (its parameters' versions, FusedWeights)
+_laid_out: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its parameters' versions, FusedWeights)
 
 
 def weights_of(model) -> FusedWeights:
@@ -268,9 +268,9 @@ def plan(model, strategy, rows: int, device: torch.device) -> tuple[float, bool]
     """(temperature, greedy) when the fused path can generate this request exactly as `generate`
     would; None otherwise (top-k/top-p, beam search, several hypotheses, not float32 on the CPU,
     too many rows, a gaussian output head, or no compiler -- the last said once on stderr)."""
-    if getattr(model, "gaussian", False):
+    if model.gaussian or os.environ.get("ARCLI_NO_FUSED") or device.type != "cpu" or model.embed.weight.dtype != torch.float32:
         return None
-    if os.environ.get("ARCLI_NO_FUSED") or device.type != "cpu" or model.embed.weight.dtype != torch.float32 or not 1 <= rows <= FUSED_MAX_ROWS:
+    if not 1 <= rows <= FUSED_MAX_ROWS:
         return None
     if isinstance(strategy, Greedy):
         choice = (1.0, True)

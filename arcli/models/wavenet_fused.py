@@ -264,6 +264,7 @@ def run_rows(rows: list[FusedRow], count: int, uniforms: list[np.ndarray | None]
             raise RuntimeError(f"wavenet_generate failed ({code})")
     return [(tokens, out) for tokens, out, _ in results]
 
+
 def plan(model, strategy, rows: int, device: torch.device) -> tuple[float, bool] | None:
     """(temperature, greedy) when the fused path can generate this request exactly as `generate`
     would; None otherwise (top-k/top-p, beam search, several hypotheses, not float32 on the CPU,

@@ -39,6 +39,8 @@ def _headline(family, stored) -> str:
         return "-"
     unit = family.task.unit
     label = {"nats/token": "ppl", "nats/frame": "nats/frame NLL"}.get(unit, unit)  # a density's NLL may be negative
+    if "teacher" in stored.data:  # a distilled student: the figure is its teacher's NLL of its samples
+        return f"{nats_to(unit, metric):.3f} {label} (teacher's NLL of its samples)"
     return f"{nats_to(unit, metric):.3f} {label} (held-out)"
 
 

@@ -247,4 +247,5 @@ PARALLEL_WAVENET = ModelFamily(
     config_class=ParallelWaveNetConfig,
     model_class=ParallelWaveNet,
     task=ParallelWaveNetTask(),
+    default_checkpoint="parallel-wavenet-speech.safetensors",
 )

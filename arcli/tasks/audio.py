@@ -330,6 +330,8 @@ class AudioTask(Task):
             raise OptionError(f"--max-length and --min-length do not apply to the audio model '{name}': give the length with --seconds")
         if decoding.nbest != 1:
             raise OptionError(f"--nbest does not apply to the audio model '{name}': ask for several samples with -n COUNT")
+        if loaded.model.config.output == "gaussian":
+            check_gaussian_decoding(decoding)
         rate = self._sample_rate(loaded)
         config = loaded.model.config
         speaker, speaker_note = self._speaker(loaded, request.speaker)
@@ -345,8 +347,6 @@ class AudioTask(Task):
             pieces: list[list[Piece | int]] = [[round(seconds * rate)]] * request.count
         else:  # every utterance request.count times, each output file one utterance
             pieces = [utterance for utterance in utterances for _ in range(request.count)]
-        if loaded.model.config.output == "gaussian":
-            check_gaussian_decoding(decoding)
             longest = max(sum(length for _, length in utterance) for utterance in utterances) / rate
             if longest > MAX_SECONDS:
                 raise OptionError(f"the audio would last {longest:.0f} s, more than the {MAX_SECONDS:g} s one file may hold: give less")

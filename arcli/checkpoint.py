@@ -22,6 +22,7 @@ half-written file behind or destroys the previous one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -294,7 +295,7 @@ def check_fits(stored: Checkpoint, build: Callable[[Any], torch.nn.Module], conf
     config damaged into asking for a billion channels costs nothing to check. A model whose
     constructor cannot run on the meta device (it computes values at build time) is not checked."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _no_random_fills():
             skeleton = build(config)
     except (RuntimeError, NotImplementedError, TypeError):
         return
@@ -318,6 +319,19 @@ def check_fits(stored: Checkpoint, build: Callable[[Any], torch.nn.Module], conf
             f"'{stored.path}' asks for a model of {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of memory "
             f"{where}: its config is damaged or the model needs a larger machine"
         )
+
+
+@contextlib.contextmanager
+def _no_random_fills():
+    """`Tensor.normal_` as a no-op while a shape-only model is built: a meta tensor holds no values
+    anyway, and the meta kernel of `normal_` (nn.Embedding's init) imports torch._dynamo, ~1 s of CPU
+    on every command that loads a model."""
+    original = torch.Tensor.normal_
+    torch.Tensor.normal_ = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.normal_ = original
 
 
 def _memory(device: torch.device) -> tuple[int | None, str]:

@@ -191,8 +191,9 @@ class WaveNet(nn.Module):
             self.embed = nn.Linear(1, config.residual_channels)
         else:  # an embedding is a 1x1 conv over one-hot mu-law codes, without building the one-hots
             self.embed = nn.Embedding(config.quantization_channels, config.residual_channels)
-            with torch.no_grad():
-                self.embed.weight.copy_(smooth_code_embedding(config.quantization_channels, config.residual_channels))
+            if not self.embed.weight.is_meta:  # a shape-only build (checkpoint.check_fits) skips it: on meta it costs ~1 s of imports
+                with torch.no_grad():
+                    self.embed.weight.copy_(smooth_code_embedding(config.quantization_channels, config.residual_channels))
         self.blocks = nn.ModuleList(
             ResidualBlock(config, dilation=2**i) for _ in range(config.stacks) for i in range(config.layers_per_stack)
         )

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from arcli.decoding import Known, generate  # noqa: E402
+from arcli.decoding import DecodingOptions, Known, generate  # noqa: E402
 from arcli.outputs import atomic_path  # noqa: E402
 from arcli.registry import get_family  # noqa: E402
 from arcli.tasks.translation import translate_lines  # noqa: E402
@@ -103,7 +103,7 @@ def translation_rate(name: str, device: torch.device, sentences: int) -> float:
     model, stored = get_family(name).load(None, device)
     tokenizer = tokenizer_from_json(stored.tokenizer)
     lines = (SENTENCES * (sentences // len(SENTENCES) + 1))[:sentences]
-    run = lambda some: translate_lines(model, tokenizer, some, strategy="beam", beam_size=5, nbest=1, batch_size=32)  # noqa: E731
+    run = lambda some: translate_lines(model, tokenizer, some, search=DecodingOptions(beam_size=5).build("beam"), batch_size=32)  # noqa: E731
     with torch.inference_mode():
         run(lines[:2])  # warm-up
         seconds = timed(device, lambda: run(lines))

@@ -64,6 +64,12 @@ def test_unknown_model_is_one_line():
         (["--top-k", "0"], "top-k must be"),
         (["--strategy", "greedy", "--nbest", "3"], "greedy search gives one output"),
         (["-n", "0"], "--count must be >= 1"),
+        (["--no-repeat-ngram", "0"], "--no-repeat-ngram must be a whole number >= 1"),
+        (["--no-repeat-ngram", "-3"], "--no-repeat-ngram must be a whole number >= 1"),
+        (["--repetition-penalty", "0"], "--repetition-penalty must be a number > 0"),
+        (["--repetition-penalty", "-2"], "--repetition-penalty must be a number > 0"),
+        (["--no-repeat-ngram", "3"], "--no-repeat-ngram does not apply to the audio model 'wavenet'"),
+        (["--nbest", "2", "--prompt", "x"], "--prompt, --nbest do not apply to the audio model 'wavenet'"),
     ],
 )
 def test_bad_decoding_options_are_one_line(option, message):

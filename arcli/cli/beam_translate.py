@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ import typer
 from arcli.cli import options as opt
 from arcli.cli.common import load, progress_bar, user_errors
 from arcli.errors import OptionError
+from arcli.registry import get_family
 from arcli.tasks import TranslateRequest
 
 
@@ -35,6 +37,8 @@ def beam_translate(
     length_penalty: opt.LengthPenalty = 1.0,
     max_length: opt.MaxLength = None,
     min_length: opt.MinLength = 0,
+    no_repeat_ngram: opt.NoRepeatNGram = None,
+    repetition_penalty: opt.RepetitionPenalty = None,
 ) -> None:
     """Translate INPUT (or stdin) with MODEL: exactly one output line per input line, in order.
 
@@ -44,15 +48,21 @@ def beam_translate(
         raise OptionError(f"--batch-size must be >= 1, got {batch_size}")
     if max_length_ratio is not None and max_length_ratio <= 0:
         raise OptionError(f"--max-length-ratio must be > 0, got {max_length_ratio}")
-    decoding = opt.decoding(strategy, temperature, top_k, top_p, beam_size, nbest, length_penalty, max_length, min_length, seed)
-    decoding.make_strategy("beam")
+    decoding = opt.decoding(
+        strategy, temperature=temperature, top_k=top_k, top_p=top_p, beam_size=beam_size, nbest=nbest, length_penalty=length_penalty,
+        max_length=max_length, min_length=min_length, no_repeat_ngram=no_repeat_ngram, repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+    request = TranslateRequest(
+        input=input, output=output, decoding=decoding, max_length_ratio=max_length_ratio, batch_size=batch_size,
+        force=force,
+    )
+    family = get_family(model)
+    decoding.build(family.task.default_strategy)
+    family.task.check_options(family, "beam-translate", request)  # before loading anything, after the values are checked
     loaded = load(model, checkpoint, device.value, threads, stepwise=True)
     update, close = progress_bar("sent", quiet)
-    request = TranslateRequest(
-        input=input, output=output, decoding=decoding, max_length_ratio=max_length_ratio,
-        batch_size=batch_size, force=force, progress=update,
-    )
     try:
-        loaded.family.task.translate(loaded, request)
+        loaded.family.task.translate(loaded, dataclasses.replace(request, progress=update))
     finally:
         close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ import typer
 from arcli.cli import options as opt
 from arcli.cli.common import load, progress_bar, user_errors
 from arcli.errors import OptionError
+from arcli.registry import get_family
 from arcli.tasks import CompleteRequest
 
 
@@ -46,15 +48,17 @@ def complete_image(
     """
     if count < 1:
         raise OptionError(f"--count must be >= 1, got {count}")
-    decoding = opt.decoding(strategy, temperature, top_k, top_p, beam_size, nbest, length_penalty, None, 0, seed)
-    decoding.make_strategy("sample")
+    decoding = opt.decoding(strategy, temperature=temperature, top_k=top_k, top_p=top_p, beam_size=beam_size, nbest=nbest,
+                            length_penalty=length_penalty, seed=seed)
+    request = CompleteRequest(
+        images=images, mask=mask, output=output, count=count, output_dir=output_dir, decoding=decoding, label=label, force=force,
+    )
+    family = get_family(model)
+    decoding.build("sample")
+    family.task.check_options(family, "complete-image", request)  # before loading anything, after the values are checked
     loaded = load(model, checkpoint, device.value, threads, stepwise=True)
     update, close = progress_bar(loaded.family.task.progress_unit, quiet)
-    request = CompleteRequest(
-        images=images, mask=mask, output=output, count=count, output_dir=output_dir, decoding=decoding,
-        label=label, force=force, progress=update,
-    )
     try:
-        loaded.family.task.complete_image(loaded, request)
+        loaded.family.task.complete_image(loaded, dataclasses.replace(request, progress=update))
     finally:
         close()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from arcli.tasks import Decoding
+from arcli.decoding import DecodingOptions
 
 
 class DeviceChoice(str, Enum):
@@ -53,22 +53,16 @@ LengthPenalty = Annotated[
 ]
 MaxLength = Annotated[int | None, typer.Option(help="Most tokens to generate.", rich_help_panel=DECODING)]
 MinLength = Annotated[int, typer.Option(help="Fewest tokens before an end-of-sequence.", rich_help_panel=DECODING)]
+NoRepeatNGram = Annotated[
+    int | None, typer.Option(help="Never repeat an n-gram of this many tokens within an output (every strategy).", rich_help_panel=DECODING)
+]
+RepetitionPenalty = Annotated[
+    float | None,
+    typer.Option(help="Scores of tokens already in the output are multiplied by this (> 0; > 1 discourages repeats; every strategy).",
+                 rich_help_panel=DECODING),
+]
 
 
-def decoding(
-    strategy: StrategyChoice | None,
-    temperature: float | None,
-    top_k: int | None,
-    top_p: float | None,
-    beam_size: int,
-    nbest: int,
-    length_penalty: float,
-    max_length: int | None,
-    min_length: int,
-    seed: int | None,
-) -> Decoding:
-    return Decoding(
-        strategy=strategy.value if strategy else None, temperature=temperature, top_k=top_k, top_p=top_p,
-        beam_size=beam_size, nbest=nbest, length_penalty=length_penalty, max_length=max_length,
-        min_length=min_length, seed=seed,
-    )
+def decoding(strategy: StrategyChoice | None = None, **options) -> DecodingOptions:
+    """The command's decoding options as one object (`strategy` None: the task's default)."""
+    return DecodingOptions(strategy=strategy.value if strategy else None, **options)

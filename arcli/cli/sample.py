@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ import typer
 from arcli.cli import options as opt
 from arcli.cli.common import load, progress_bar, user_errors
 from arcli.errors import OptionError
+from arcli.registry import get_family
 from arcli.tasks import SampleRequest
 
 MAX_COUNT = 1024  # samples per run, one batch: every row holds its own decoding caches (layers x channels x positions)
@@ -46,6 +48,8 @@ def sample(
     length_penalty: opt.LengthPenalty = 1.0,
     max_length: opt.MaxLength = None,
     min_length: opt.MinLength = 0,
+    no_repeat_ngram: opt.NoRepeatNGram = None,
+    repetition_penalty: opt.RepetitionPenalty = None,
 ) -> None:
     """Generate new samples from MODEL (its shipped checkpoint unless --checkpoint)."""
     if count < 1:
@@ -58,15 +62,20 @@ def sample(
     if seconds is not None and count > 1 and count * seconds > MAX_TOTAL_SECONDS:  # one sample's length: the task's own limit
         raise OptionError(f"--count {count} x --seconds {seconds:g} is {count * seconds:g} s of audio, more than the "
                           f"{MAX_TOTAL_SECONDS:g} s one run holds in memory; ask for fewer or shorter samples")
-    decoding = opt.decoding(strategy, temperature, top_k, top_p, beam_size, nbest, length_penalty, max_length, min_length, seed)
-    decoding.make_strategy("sample")  # check the decoding options before loading anything
-    loaded = load(model, checkpoint, device.value, threads, stepwise=True)
-    update, close = progress_bar(loaded.family.task.progress_unit, quiet)
+    decoding = opt.decoding(
+        strategy, temperature=temperature, top_k=top_k, top_p=top_p, beam_size=beam_size, nbest=nbest, length_penalty=length_penalty,
+        max_length=max_length, min_length=min_length, no_repeat_ngram=no_repeat_ngram, repetition_penalty=repetition_penalty, seed=seed,
+    )
     request = SampleRequest(
         output=output, count=count, decoding=decoding, seconds=seconds, speaker=speaker, label=label,
-        prompt=prompt, spectrogram=spectrogram, mel_from=mel_from, text=text, text_file=text_file, force=force, progress=update,
+        prompt=prompt, spectrogram=spectrogram, mel_from=mel_from, text=text, text_file=text_file, force=force,
     )
+    family = get_family(model)
+    decoding.build(family.task.default_strategy)
+    family.task.check_options(family, "sample", request)  # before loading anything, after the values are checked
+    loaded = load(model, checkpoint, device.value, threads, stepwise=True)
+    update, close = progress_bar(loaded.family.task.progress_unit, quiet)
     try:
-        loaded.family.task.sample(loaded, request)
+        loaded.family.task.sample(loaded, dataclasses.replace(request, progress=update))
     finally:
         close()

@@ -1,20 +1,38 @@
 """Logits processors: small, pure, composable transformations of next-token scores.
 
 Each processor checks its argument once, in `__init__`, and raises `OptionError` (a `ValueError`)
-for a value that makes no sense. `__call__(logits)` takes scores of shape (N, V) and returns new
+for a value that makes no sense. `__call__(scores, history)` takes scores of shape (N, V) and the
+tokens each of the N hypotheses holds so far, (N, t) (known positions included), and returns new
 scores of the same shape; it never modifies its input. Removed tokens get `-inf`.
+
+Two kinds serve the decoding engine:
+- history processors (`MinLength`, `NoRepeatNGram`, `RepetitionPenalty`) shape what every
+  strategy sees, greedy and beam search included; the engine runs them before the strategy;
+- sampling warpers (`Temperature`, `TopK`, `TopP`) shape the distribution a sample is drawn
+  from; the `Sample` strategy runs them (for greedy and beam search they would change nothing or
+  make no sense).
+
+A processor whose `masks_only` is True only removes tokens: the scores of the tokens it keeps are
+the model's log-probabilities still, so the search score of a hypothesis stays its log-probability.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
 from arcli.errors import OptionError
 
-LogitsProcessor = Callable[[torch.Tensor], torch.Tensor]
+NEG_INF = float("-inf")
+
+
+class LogitsProcessor(Protocol):
+    masks_only: bool
+
+    def __call__(self, scores: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 class Temperature:
@@ -28,7 +46,9 @@ class Temperature:
             )
         self.temperature = float(temperature)
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+    masks_only = False
+
+    def __call__(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         return logits / self.temperature
 
 
@@ -40,7 +60,9 @@ class TopK:
             raise OptionError(f"top-k must be a whole number >= 1, got {k!r}")
         self.k = k
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+    masks_only = True
+
+    def __call__(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         if self.k >= logits.shape[-1]:
             return logits.clone()
         kth_best = torch.topk(logits, self.k, dim=-1).values[..., -1:]  # (N, 1)
@@ -56,7 +78,9 @@ class TopP:
             raise OptionError(f"top-p must be in (0, 1], got {p!r}")
         self.p = float(p)
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+    masks_only = True
+
+    def __call__(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         if self.p >= 1.0:
             return logits.clone()
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (N, V)
@@ -68,11 +92,90 @@ class TopP:
         return logits.masked_fill(remove, float("-inf"))
 
 
-def apply_processors(logits: torch.Tensor, processors: Sequence[LogitsProcessor]) -> torch.Tensor:
-    """Run `processors` left to right over `logits` (N, V)."""
+class MinLength:
+    """No end-of-sequence token before `min_length` tokens (the known ones included)."""
+
+    masks_only = True
+
+    def __init__(self, min_length: int, eos_id: int) -> None:
+        if isinstance(min_length, bool) or not isinstance(min_length, int) or min_length < 0:
+            raise OptionError(f"min length must be a whole number >= 0, got {min_length!r}")
+        self.min_length, self.eos_id = min_length, eos_id
+
+    def __call__(self, scores: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        if (0 if history is None else history.shape[1]) >= self.min_length:
+            return scores
+        blocked = scores.clone()
+        blocked[:, self.eos_id] = NEG_INF
+        return blocked
+
+
+class NoRepeatNGram:
+    """Never complete an n-gram that the hypothesis already holds (fairseq's and Hugging Face's
+    `no_repeat_ngram_size`): with n = 3, after "a b" a hypothesis holding "a b c" cannot take c."""
+
+    masks_only = True
+
+    def __init__(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise OptionError(f"--no-repeat-ngram must be a whole number >= 1, got {n!r}")
+        self.n = n
+
+    def __call__(self, scores: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        n = self.n
+        if history is None or history.shape[1] < n:  # no whole n-gram held yet
+            return scores
+        windows = history.unfold(1, n, 1)  # (N, t - n + 1, n): every n-gram held so far
+        tail = history[:, history.shape[1] - (n - 1) :].unsqueeze(1)  # (N, 1, n - 1)
+        repeats = (windows[:, :, : n - 1] == tail).all(dim=-1)  # (N, t - n + 1): n-grams this step would repeat
+        vocab = scores.shape[-1]
+        banned_at = torch.where(repeats, windows[:, :, n - 1], vocab)  # vocab: a spare column for "none"
+        banned = torch.zeros(scores.shape[0], vocab + 1, dtype=torch.bool, device=scores.device)
+        banned.scatter_(1, banned_at, True)
+        return scores.masked_fill(banned[:, :vocab], NEG_INF)
+
+
+class RepetitionPenalty:
+    """Make tokens the hypothesis already holds less likely (CTRL, Keskar et al. 2019, as Hugging
+    Face's `repetition_penalty`): a held token's score s becomes s * R where s < 0, s / R otherwise.
+    R > 1 discourages repetition, R < 1 encourages it, 1 changes nothing."""
+
+    masks_only = False
+
+    def __init__(self, penalty: float) -> None:
+        if not (isinstance(penalty, (int, float)) and not isinstance(penalty, bool) and math.isfinite(penalty)) or penalty <= 0:
+            raise OptionError(f"--repetition-penalty must be a number > 0, got {penalty!r}")
+        self.penalty = float(penalty)
+
+    def __call__(self, scores: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        if history is None or history.shape[1] == 0:
+            return scores
+        held = scores.gather(1, history)  # (N, t)
+        penalised = torch.where(held < 0, held * self.penalty, held / self.penalty)
+        return scores.scatter(1, history, penalised)
+
+
+def apply_processors(
+    logits: torch.Tensor, processors: Sequence[LogitsProcessor], history: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Run `processors` left to right over `logits` (N, V), with the tokens held so far (N, t)."""
     for processor in processors:
-        logits = processor(logits)
+        logits = processor(logits, history)
     return logits
+
+
+def history_processors(
+    min_length: int = 0, eos_id: int | None = None, no_repeat_ngram: int | None = None, repetition_penalty: float | None = None
+) -> list[LogitsProcessor]:
+    """The processors every strategy runs; `None` (or 0 for `min_length`) switches one off."""
+    processors: list[LogitsProcessor] = []
+    if min_length and eos_id is not None:
+        processors.append(MinLength(min_length, eos_id))
+    if no_repeat_ngram is not None:
+        processors.append(NoRepeatNGram(no_repeat_ngram))
+    if repetition_penalty is not None:
+        processors.append(RepetitionPenalty(repetition_penalty))
+    return processors
 
 
 def sampling_processors(

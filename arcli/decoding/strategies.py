@@ -1,24 +1,30 @@
 """Search strategies: how the next token of each hypothesis is chosen.
 
-The engine (`arcli.decoding.engine`) owns the loop; a strategy owns one decision per step:
+The engine (`arcli.decoding.engine`) owns the loop; a strategy owns its bookkeeping through a few
+hooks (fairseq's `Search` objects are the model):
 
-    step(t, lprobs, scores, rows) -> (cand_scores, cand_tokens, cand_beams)
+    initial_scores(num_rows, device) -> (B, W)   the scores the W hypotheses of a row start from
+    step(t, lprobs, scores, rows) -> Candidates   C candidates per row, best first
+    survivors(ended) -> (b, W) index or None      which candidates go on as the next W hypotheses
+    final_score(logprob, length)                  what finished hypotheses are ranked by
 
-with `lprobs` (b, W, V) the log-probabilities allowed at step `t` (disallowed tokens are `-inf`),
-`scores` (b, W) the cumulative log-probabilities of the W live hypotheses of each of the b active
-input rows (`-inf` for a dead one) and `rows` (b,) the rows' indices in the whole request. It returns
-C candidates per row, best first: their cumulative log-probabilities, tokens, and the hypothesis
-(0..W-1) each extends.
+`lprobs` (b, W, V) are the scores allowed at step `t` (after the history processors; disallowed
+tokens are `-inf`), `scores` (b, W) the cumulative scores of the W hypotheses of each of the b
+active input rows (`-inf` for a dead one) and `rows` (b,) the rows' indices in the whole request.
 
-Greedy and sampling keep W independent hypotheses (one per `nbest`), each extending itself. Beam
+When a row is done is the same rule for every strategy: when none of its hypotheses goes on, or
+W have finished (a row keeps at most W finished hypotheses). Greedy and sampling keep W
+independent hypotheses (one per `nbest`), each extending itself, so they finish at most W. Beam
 search (fairseq's top-k beam) returns 2W candidates so that W can go on after some end in EOS.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,20 +33,37 @@ from arcli.decoding.processors import LogitsProcessor, apply_processors, samplin
 from arcli.errors import OptionError
 
 STRATEGIES = ("greedy", "sample", "beam")
+NEG_INF = float("-inf")
+
+
+class Candidates(NamedTuple):
+    """C candidates per row, best first: cumulative scores, tokens, and the hypothesis (0..W-1)
+    each extends; all (b, C). `beams` None: C = W and each candidate extends its own hypothesis."""
+
+    scores: torch.Tensor
+    tokens: torch.Tensor
+    beams: torch.Tensor | None = None
 
 
 class Strategy(ABC):
     width: int = 1  # hypotheses kept per input row
     nbest: int = 1  # hypotheses returned per input row
-    replaces_finished: bool = False  # True: a hypothesis that ends is replaced by the next best
 
     def begin(self, num_rows: int, row_offset: int) -> None:  # noqa: B027 - a hook, empty by default
         """Called once before decoding `num_rows` rows (global indices start at `row_offset`)."""
 
+    def initial_scores(self, num_rows: int, device: torch.device) -> torch.Tensor:
+        """(B, W) scores before the first token: W independent hypotheses all start at 0."""
+        return torch.zeros(num_rows, self.width, device=device)
+
     @abstractmethod
-    def step(
-        self, t: int, lprobs: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def step(self, t: int, lprobs: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor) -> Candidates: ...
+
+    def survivors(self, ended: torch.Tensor | None) -> torch.Tensor | None:
+        """Which of the C candidates become the W hypotheses of the next step, (b, W) indices;
+        None: the first W in order. `ended` (b, C): candidates that ended with EOS this step
+        (None: none did). Independent hypotheses each go on as themselves (an ended one is dead)."""
+        return None
 
     def final_score(self, logprob: float, length: int) -> float:
         """What finished hypotheses are ranked by."""
@@ -52,7 +75,7 @@ class Greedy(Strategy):
 
     def step(self, t, lprobs, scores, rows):
         best_lprob, tokens = lprobs.max(dim=-1)  # (b, W)
-        return scores + best_lprob, tokens, _arange(self.width, lprobs.device).expand_as(tokens)
+        return Candidates(scores + best_lprob, tokens)
 
 
 class Sample(Strategy):
@@ -71,7 +94,8 @@ class Sample(Strategy):
         _check_count("nbest", nbest)
         self.processors = list(processors)
         self.width = self.nbest = nbest
-        self.seed = seed if seed is not None else int(torch.seed() % (2**63))
+        # secrets, not torch.seed(): choosing a seed must not reseed torch's global generator
+        self.seed = seed if seed is not None else secrets.randbits(63)
         self._generators: list[torch.Generator] = []
         self._uniforms: torch.Tensor | None = None  # (rows, W, chunk)
 
@@ -95,13 +119,14 @@ class Sample(Strategy):
 
     def step(self, t, lprobs, scores, rows):
         b, width, vocab = lprobs.shape
-        logits = apply_processors(lprobs.reshape(b * width, vocab), self.processors)
+        logits = apply_processors(lprobs.reshape(b * width, vocab), self.processors)  # the warpers need no history
         cdf = torch.cumsum(torch.softmax(logits, dim=-1), dim=-1)  # (b*W, V)
         # u < 1, and the factor keeps u * total strictly below total despite rounding, so the
         # chosen token's cdf step is never empty (probability > 0).
         target = self._uniform(t, rows, lprobs.device).reshape(-1, 1) * (cdf[:, -1:] * (1 - 2**-20))
         tokens = torch.searchsorted(cdf, target, right=True).clamp_(max=vocab - 1).view(b, width)
-        return scores + lprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), tokens, _arange(width, lprobs.device).expand_as(tokens)
+        chosen = lprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (b, W)
+        return Candidates(scores + chosen, tokens)
 
 
 class BeamSearch(Strategy):
@@ -111,8 +136,6 @@ class BeamSearch(Strategy):
     token); `length_penalty=0` ranks by log-probability alone, 1 by log-probability per token.
     A row stops once `beam_size` hypotheses have finished, or at `max_length`.
     """
-
-    replaces_finished = True
 
     def __init__(self, beam_size: int, length_penalty: float = 1.0, nbest: int = 1) -> None:
         _check_count("beam size", beam_size)
@@ -128,7 +151,22 @@ class BeamSearch(Strategy):
         b, width, vocab = lprobs.shape
         totals = (scores.unsqueeze(-1) + lprobs).view(b, width * vocab)
         cand_scores, flat = torch.topk(totals, min(2 * width, width * vocab), dim=-1)  # (b, C)
-        return cand_scores, flat % vocab, torch.div(flat, vocab, rounding_mode="floor")
+        return Candidates(cand_scores, flat % vocab, torch.div(flat, vocab, rounding_mode="floor"))
+
+    def initial_scores(self, num_rows: int, device: torch.device) -> torch.Tensor:
+        """All W beams of a row are the same at first: only the first is expanded (the others
+        start at -inf, so none of their candidates can be chosen)."""
+        scores = torch.full((num_rows, self.width), NEG_INF, device=device)
+        scores[:, 0] = 0.0
+        return scores
+
+    def survivors(self, ended: torch.Tensor | None) -> torch.Tensor | None:
+        """The best W candidates that did not end (an ended one is replaced by the next best)."""
+        if ended is None:
+            return None
+        candidates = ended.shape[1]
+        rank = _arange(candidates, ended.device) + ended * candidates  # ended candidates rank last
+        return torch.topk(rank, self.width, dim=1, largest=False).indices  # (b, W)
 
     def final_score(self, logprob: float, length: int) -> float:
         if self.length_penalty == 0.0 or length == 0:

@@ -3,11 +3,13 @@
 A task sits between the CLI and the library. It turns a subcommand's request into data loading,
 engine calls and files written, for one modality (audio, image, text ...). The CLI modules parse
 options and hand a request to `family.task`; a task refuses a subcommand it does not serve with
-one clear line.
+one clear line. Each task declares, per subcommand, the options it takes (`Task.options`), and
+`check_options` refuses the others in one message, before anything is loaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from arcli.decoding import Strategy, make_strategy
-from arcli.errors import ArcliError
+from arcli.decoding import DecodingOptions
+from arcli.errors import ArcliError, OptionError
 
 if TYPE_CHECKING:
     from arcli.checkpoint import Checkpoint
@@ -25,29 +27,6 @@ if TYPE_CHECKING:
     from arcli.training import LossOutput, TrainData
 
 LN2 = math.log(2.0)
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """The decoding options shared by every generating command; `None` means "the default"."""
-
-    strategy: str | None = None  # None: the task's default strategy
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    beam_size: int = 5
-    nbest: int = 1
-    length_penalty: float = 1.0
-    max_length: int | None = None
-    min_length: int = 0
-    seed: int | None = None
-
-    def make_strategy(self, default: str, nbest: int | None = None) -> Strategy:
-        return make_strategy(
-            self.strategy or default, beam_size=self.beam_size, nbest=self.nbest if nbest is None else nbest,
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-            length_penalty=self.length_penalty, seed=self.seed,
-        )
 
 
 @dataclass
@@ -85,7 +64,7 @@ class TrainingSetup:
 class SampleRequest:
     output: str  # a path, or "-" for stdout
     count: int = 1
-    decoding: Decoding = Decoding()
+    decoding: DecodingOptions = DecodingOptions()
     seconds: float | None = None  # audio
     speaker: int | None = None  # audio, conditional models
     label: int | None = None  # images, class-conditional models
@@ -117,7 +96,7 @@ class CompleteRequest:
     output: str
     count: int = 8
     output_dir: Path | None = None
-    decoding: Decoding = Decoding()
+    decoding: DecodingOptions = DecodingOptions()
     label: int | None = None
     force: bool = False
     progress: Callable[[int, int], None] | None = None
@@ -127,11 +106,27 @@ class CompleteRequest:
 class TranslateRequest:
     input: Path | None  # None: stdin
     output: str = "-"
-    decoding: Decoding = Decoding()
+    decoding: DecodingOptions = DecodingOptions()
     max_length_ratio: float | None = None  # max target tokens per source token (with --max-length as a cap)
     batch_size: int = 32
     force: bool = False
     progress: Callable[[int, int], None] | None = None
+
+
+# request fields that every command takes (or that are not options): never refused
+_ALWAYS = {"output", "force", "progress", "decoding", "input", "images", "inputs", "mask", "batch_size", "max_length_ratio"}
+DECODING_OPTIONS = ("--strategy", "--temperature", "--top-k", "--top-p", "--beam-size", "--nbest", "--length-penalty",
+                    "--max-length", "--min-length", "--no-repeat-ngram", "--repetition-penalty", "--seed")
+
+
+def given_options(request: object) -> list[str]:
+    """The `--option` names set away from their defaults in a request (its decoding options included)."""
+    names = [
+        "--" + item.name.replace("_", "-") for item in dataclasses.fields(request)
+        if item.name not in _ALWAYS and getattr(request, item.name) != item.default
+    ]
+    decoding = getattr(request, "decoding", None)
+    return names + (decoding.given() if decoding is not None else [])
 
 
 class Task:
@@ -142,6 +137,24 @@ class Task:
     default_strategy = "sample"
     progress_unit = "tok"  # what the progress bar counts
     importance_sampled = False  # scores latent-variable models by importance sampling (takes --samples)
+    # per subcommand, the options this task takes; a subcommand not listed is refused by its method
+    options: dict[str, frozenset[str]] = {}
+    # why an option a user may expect is not taken, said with the refusal
+    option_notes: dict[str, str] = {}
+
+    def check_options(self, family: ModelFamily, command: str, request: object) -> None:
+        """Refuse, in one line, every option `request` sets that this task does not take for `command`."""
+        takes = self.options.get(command)
+        if takes is None:
+            return
+        unused = [name for name in given_options(request) if name not in takes]
+        if not unused:
+            return
+        notes = "; ".join(dict.fromkeys(self.option_notes[name] for name in unused if name in self.option_notes))
+        raise OptionError(
+            f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to the {self.modality} model '{family.name}'"
+            f"{': ' + notes if notes else ''} (`arcli {command}` takes {', '.join(sorted(takes)) or 'no options'} with it)"
+        )
 
     def _refuse(self, family: ModelFamily, what: str) -> ArcliError:
         return ArcliError(f"'{family.name}' is {_article(self.modality)} {self.modality} model: it cannot {what} (see `arcli models`)")

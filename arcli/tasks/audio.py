@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from arcli.audio.io import find_audio_files, load_audio, write_spectrogram_png, write_wav
-from arcli.decoding import Sample, generate
+from arcli.decoding import DecodingOptions, Sample, generate
 from arcli.errors import DataError, OptionError
 from arcli.models import wavenet_fused
 from arcli.models.wavenet import PCM16_STEP, LocalCondition, TTSConfig, VocoderConfig, WaveNet, WaveNetConfig, gaussian_16bit_nats
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
-from arcli.tasks import LN2, Decoding, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
+from arcli.tasks import LN2, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
 from arcli.tasks.conditioning import LinguisticFrames, MelFrames, Piece, Unconditioned
 from arcli.tasks.waveform import check_gaussian_decoding, decode_samples, encode_samples, gaussian_rows
 from arcli.training import LossOutput
@@ -177,7 +177,7 @@ def speaker_name(path: Path, label: str | None, names: list[str]) -> str | None:
     return path.parent.name if path.parent.name in names else None
 
 
-def _checkpoint_temperature(loaded: Loaded, decoding: Decoding) -> tuple[Decoding, str]:
+def _checkpoint_temperature(loaded: Loaded, decoding: DecodingOptions) -> tuple[DecodingOptions, str]:
     """The checkpoint's own sampling temperature (data["temperature"]) where the user gave none.
 
     A shipped audio model may store the temperature its samples were judged at (the model card says
@@ -219,6 +219,14 @@ class AudioTask(Task):
     unit = "bits/sample"
     default_strategy = "sample"
     progress_unit = "sample"
+    options = {"sample": frozenset({
+        "--count", "--seconds", "--speaker", "--spectrogram", "--mel-from", "--text", "--text-file",
+        "--strategy", "--temperature", "--top-k", "--top-p", "--beam-size", "--length-penalty", "--seed",
+    })}
+    option_notes = {
+        "--max-length": "give the length with --seconds", "--min-length": "give the length with --seconds",
+        "--nbest": "ask for several samples with -n COUNT",
+    }
 
     def __init__(self, features=None):
         self.features = Unconditioned() if features is None else features
@@ -321,15 +329,8 @@ class AudioTask(Task):
     # --- sampling --------------------------------------------------------------------------------
 
     def sample(self, loaded: Loaded, request: SampleRequest) -> None:
-        name = loaded.family.name
-        for option, value in (("--prompt", request.prompt), ("--label", request.label)):
-            if value is not None:
-                raise OptionError(f"{option} does not apply to the audio model '{name}' (it takes --seconds and --speaker)")
+        self.check_options(loaded.family, "sample", request)
         decoding = request.decoding
-        if decoding.max_length is not None or decoding.min_length:
-            raise OptionError(f"--max-length and --min-length do not apply to the audio model '{name}': give the length with --seconds")
-        if decoding.nbest != 1:
-            raise OptionError(f"--nbest does not apply to the audio model '{name}': ask for several samples with -n COUNT")
         if loaded.model.config.output == "gaussian":
             check_gaussian_decoding(decoding)
         rate = self._sample_rate(loaded)
@@ -365,7 +366,7 @@ class AudioTask(Task):
         decoding, temperature_note = _checkpoint_temperature(loaded, decoding)
         if temperature_note:
             _note(temperature_note)
-        strategy = decoding.make_strategy(self.default_strategy)
+        strategy = decoding.build(self.default_strategy).strategy
         if isinstance(strategy, Sample) and decoding.seed is None:
             _note(f"seed {strategy.seed} (pass --seed {strategy.seed} to repeat this run)")
         rows = [piece for output in pieces for piece in output]  # generated side by side, joined per output

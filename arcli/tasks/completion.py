@@ -131,7 +131,7 @@ class Completer:
 
     def _sampler(self, index: int, salt: int, nbest: int):
         seed = (self.seed * 1_000_003 + index * 7_919 + salt) % 2**63  # per image and round: repeatable, independent
-        return dataclasses.replace(self.decoding, seed=seed).make_strategy("sample", nbest=nbest)
+        return self.decoding.build("sample", nbest=nbest, seed=seed).strategy
 
     @torch.inference_mode()
     def _log_known(self, values: torch.Tensor, labels: list[int | None], where: torch.Tensor) -> torch.Tensor:
@@ -155,7 +155,7 @@ class Completer:
         """Greedy or beam search per candidate class; the best `count` over all classes by
         log p(image, class) (every known sub-pixel counted), so the class is the likeliest one too."""
         nbest = 1 if strategy_name == "greedy" else self.count
-        strategy = self.decoding.make_strategy(strategy_name, nbest=nbest)
+        strategy = self.decoding.build(strategy_name, nbest=nbest).strategy
         rows = self._generate(index, values, classes, strategy)
         prior = -math.log(len(classes))
         pooled = [(h.logprob + prior, c, h.tokens) for c, hyps in zip(classes, rows, strict=True) for h in hyps]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -108,6 +109,10 @@ class ContinuousAudioTask(Task):
     unit = "nats/frame"
     default_strategy = "sample"
     progress_unit = "frame"
+    options = {"sample": frozenset({"--count", "--seconds", "--speaker", "--spectrogram", "--strategy", "--temperature", "--seed"})}
+    option_notes = {name: "it draws real-valued frames, not tokens: of the decoding options it takes only --temperature and --seed" for name in
+                    ("--top-k", "--top-p", "--beam-size", "--nbest", "--length-penalty", "--max-length", "--min-length",
+                     "--no-repeat-ngram", "--repetition-penalty")}
 
     def __init__(self, latent: bool):
         self.importance_sampled = latent
@@ -175,13 +180,9 @@ class ContinuousAudioTask(Task):
 
     def sample(self, loaded: Loaded, request: SampleRequest) -> None:
         name, d = loaded.family.name, request.decoding
-        for option, value in (("--prompt", request.prompt), ("--label", request.label), ("--mel-from", request.mel_from),
-                              ("--text", request.text), ("--text-file", request.text_file)):
-            if value is not None:
-                raise OptionError(f"{option} does not apply to '{name}' (it takes --seconds, --speaker, --temperature and --seed)")
-        if (d.strategy not in (None, "sample") or d.top_k is not None or d.top_p is not None or d.beam_size != 5 or d.nbest != 1
-                or d.length_penalty != 1.0 or d.max_length is not None or d.min_length):
-            raise OptionError(f"'{name}' draws real-valued frames, not tokens: of the decoding options it takes only "
+        self.check_options(loaded.family, "sample", request)
+        if d.strategy not in (None, "sample"):
+            raise OptionError(f"'{name}' draws real-valued frames, not tokens: it samples (--strategy sample), with "
                               "--temperature (the spread of each frame) and --seed")
         config, rate = loaded.model.config, loaded.model.config.sample_rate
         seconds = DEFAULT_SECONDS if request.seconds is None else request.seconds
@@ -200,7 +201,7 @@ class ContinuousAudioTask(Task):
             check_new(request.spectrogram, request.force)
         if outputs == ["-"] and sys.stdout.isatty():
             raise OptionError("refusing to write a WAV file to the terminal: give -o FILE.wav, or pipe the output")
-        seed = d.seed if d.seed is not None else int(torch.seed() % 2**31)
+        seed = d.seed if d.seed is not None else secrets.randbits(31)
         if d.seed is None:
             _note(f"seed {seed} (pass --seed {seed} to repeat this run)")
         condition = None if speaker is None else torch.full((request.count,), speaker, dtype=torch.long)

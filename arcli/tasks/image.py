@@ -131,6 +131,16 @@ class ImageTask(Task):
     unit = "bits/dim"
     default_strategy = "sample"
     progress_unit = "px"
+    options = {
+        "sample": frozenset({"--count", "--label", "--strategy", "--temperature", "--top-k", "--top-p", "--beam-size", "--length-penalty", "--seed"}),
+        "complete-image": frozenset({
+            "--count", "--label", "--output-dir", "--strategy", "--temperature", "--top-k", "--top-p", "--beam-size", "--length-penalty", "--seed",
+        }),
+    }
+    option_notes = {
+        "--max-length": "an image has a fixed size", "--min-length": "an image has a fixed size",
+        "--nbest": "ask for several with -n COUNT (-n N: N images, or N completions of each image)",
+    }
 
     def info(self, family: ModelFamily, model: torch.nn.Module) -> dict[str, str]:
         config = model.config
@@ -216,21 +226,11 @@ class ImageTask(Task):
     # --- sampling --------------------------------------------------------------------------------
 
     def sample(self, loaded: Loaded, request: SampleRequest) -> None:
-        name = loaded.family.name
-        for option, value in (("--seconds", request.seconds), ("--speaker", request.speaker), ("--prompt", request.prompt),
-                              ("--spectrogram", request.spectrogram), ("--mel-from", request.mel_from)):
-            if value is not None:
-                raise OptionError(f"{option} does not apply to the image model '{name}' (it takes -n COUNT and --label)")
+        self.check_options(loaded.family, "sample", request)
         decoding = request.decoding
-        if decoding.max_length is not None or decoding.min_length:
-            raise OptionError(f"--max-length and --min-length do not apply to the image model '{name}': an image has a fixed size")
-        if decoding.nbest != 1:
-            raise OptionError(f"--nbest does not apply to the image model '{name}': ask for several images with -n COUNT")
-        if request.count < 1:
-            raise OptionError(f"--count must be >= 1, got {request.count}")
         _check_png_output(request.output, request.force)
         model, config = loaded.model, loaded.model.config
-        strategy = decoding.make_strategy(self.default_strategy)
+        strategy = decoding.build(self.default_strategy).strategy
         seed = getattr(strategy, "seed", None)
         seed = seed if seed is not None else decoding.seed if decoding.seed is not None else secrets.randbits(63)
         labels, label_note = _sample_labels(loaded, request.label, request.count, seed)
@@ -260,12 +260,7 @@ class ImageTask(Task):
     def complete_image(self, loaded: Loaded, request: CompleteRequest) -> None:
         model, config = loaded.model, loaded.model.config
         shape, count, decoding = image_shape(config), request.count, request.decoding
-        if count < 1:
-            raise OptionError(f"--count must be >= 1, got {count}")
-        if decoding.nbest != 1:
-            raise OptionError("--nbest does not apply to complete-image: ask for N completions of each image with -n N")
-        if decoding.max_length is not None or decoding.min_length:
-            raise OptionError("--max-length and --min-length do not apply to complete-image: an image has a fixed size")
+        self.check_options(loaded.family, "complete-image", request)
         strategy_name = decoding.strategy or self.default_strategy
         if strategy_name == "greedy" and count > 1:
             raise OptionError(f"--strategy greedy makes one completion per image, not {count}: pass -n 1, or use --strategy sample or beam")
@@ -274,7 +269,7 @@ class ImageTask(Task):
         if not request.images:
             raise OptionError("give the images to complete")
         _check_png_output(request.output, request.force)
-        seed = decoding.seed if decoding.seed is not None else int(torch.seed() % (2**63))
+        seed = decoding.seed if decoding.seed is not None else secrets.randbits(63)
         hidden = mask_pixels(request.mask, shape[:2], seed)  # (H, W) bool, True = hidden
         images = load_images(request.images, shape)
         if request.label is not None:

@@ -18,7 +18,7 @@ from arcli.models.tcn import TCN, TCNConfig
 from arcli.models.transformer import Transformer, TransformerLMConfig
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
-from arcli.tasks import LN2, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
+from arcli.tasks import DECODING_OPTIONS, LN2, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
 from arcli.text.files import decode_utf8, read_byte_lines, read_bytes, read_lines, split_lines
 from arcli.text.tokenizers import ByteTokenizer, SubwordTokenizer, tokenizer_from_json
 from arcli.training import LossOutput
@@ -79,6 +79,7 @@ class TextTask(Task):
     unit = "nats/token"
     default_strategy = "sample"
     progress_unit = "tok"
+    options = {"sample": frozenset({"--count", "--prompt", *DECODING_OPTIONS})}
 
     def __init__(self, subword: bool = False, context: int | None = None):
         self.subword, self.context = subword, context
@@ -123,10 +124,7 @@ class TextTask(Task):
         return LossOutput(objective=nll / count, nll=nll.detach(), count=count)
 
     def sample(self, loaded: Loaded, request: SampleRequest) -> None:
-        for name, value in (("--seconds", request.seconds), ("--speaker", request.speaker), ("--label", request.label), ("--spectrogram", request.spectrogram),
-                            ("--mel-from", request.mel_from), ("--text", request.text), ("--text-file", request.text_file)):
-            if value is not None:
-                raise OptionError(f"{name} does not apply to the text model '{loaded.family.name}'")
+        self.check_options(loaded.family, "sample", request)
         check_new(request.output, request.force)
         tokenizer = self._tokenizer(loaded)
         decoding = request.decoding
@@ -136,9 +134,9 @@ class TextTask(Task):
         if prompt:
             values = torch.tensor([prompt] * request.count)
             known = Known(values, torch.ones_like(values, dtype=torch.bool))
-        strategy = decoding.make_strategy(self.default_strategy)
+        strategy, processors = decoding.build(self.default_strategy)
         rows = generate(
-            loaded.model, strategy, max_length=len(prompt) + new_tokens, min_length=len(prompt) + decoding.min_length,
+            loaded.model, strategy, processors=processors, max_length=len(prompt) + new_tokens, min_length=len(prompt) + decoding.min_length,
             batch_size=request.count, known=known, progress=request.progress,
         )
         with open_output(request.output) as out:

@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from arcli.decoding import generate
+from arcli.decoding import DecodingOptions, Search, generate
 from arcli.errors import DataError, OptionError
 from arcli.models.rnn_attention import RNNAttention, RNNAttentionConfig
 from arcli.models.transformer import Source, Transformer, TransformerConfig
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
-from arcli.tasks import Loaded, ScoreRequest, Task, TrainingSetup, TrainRequest, TranslateRequest
+from arcli.tasks import DECODING_OPTIONS, Loaded, ScoreRequest, Task, TrainingSetup, TrainRequest, TranslateRequest
 from arcli.tasks.text import pad
 from arcli.text.files import read_lines
 from arcli.text.tokenizers import SubwordTokenizer, tokenizer_from_json
@@ -79,7 +79,7 @@ class PairData:
         import sacrebleu
 
         text = self.valid_text[:BLEU_LINES]
-        hyps = translate_lines(model, self.tokenizer, [s for s, _ in text], strategy="greedy", beam_size=1, nbest=1, batch_size=64)
+        hyps = translate_lines(model, self.tokenizer, [s for s, _ in text], search=DecodingOptions().build("greedy"), batch_size=64)
         return {"bleu": round(sacrebleu.corpus_bleu([h[0][0] for h in hyps], [[t for _, t in text]]).score, 2)}
 
 
@@ -116,11 +116,10 @@ def split_long(text: str, tokenizer, limit: int = MAX_PIECE_TOKENS) -> list[str]
     return pieces
 
 
-def translate_lines(model, tokenizer, lines: list[str], *, strategy, beam_size: int, nbest: int, batch_size: int,
-                    length_penalty: float = 1.0, temperature=None, top_k=None, top_p=None, seed=None,
+def translate_lines(model, tokenizer, lines: list[str], *, search: Search, batch_size: int,
                     max_length: int | None = None, max_length_ratio: float | None = 2.0, min_length: int = 0,
                     progress=None, on_long=None) -> list[list[tuple[str, float, int]]]:
-    """Per line, its `nbest` translations as (text, score, tokens) best first (`model` in eval mode);
+    """Per line, the `search.strategy.nbest` translations as (text, score, tokens) best first (`model` in eval mode);
     an empty line gives [("", 0.0, 0)] * nbest. Long lines are split into pieces; the k-th translations of the pieces
     are joined with spaces and their scores averaged (weighted by length)."""
     pieces: list[tuple[int, list[int]]] = []  # (line index, source tokens)
@@ -131,6 +130,7 @@ def translate_lines(model, tokenizer, lines: list[str], *, strategy, beam_size: 
         if len(parts) > 1 and on_long is not None:
             on_long(index, len(parts))
         pieces += [(index, tokenizer.encode(part)) for part in parts]
+    nbest = search.strategy.nbest
     order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))  # similar lengths batch together
     results: list[list[tuple[list[int], float]]] = [[] for _ in pieces]
     done = 0
@@ -139,10 +139,9 @@ def translate_lines(model, tokenizer, lines: list[str], *, strategy, beam_size: 
         sources = [pieces[i][1] for i in chosen]
         limits = [_max_target(len(s) + 1, max_length, max_length_ratio) for s in sources]
         rows = generate(
-            model, strategy, max_length=max(limits), row_max_lengths=limits, min_length=min(min_length, min(limits)),
-            batch_size=len(chosen), condition=source_batch(sources, tokenizer.eos_id), beam_size=beam_size,
-            nbest=nbest, length_penalty=length_penalty, temperature=temperature, top_k=top_k, top_p=top_p,
-            seed=seed, row_offset=start,
+            model, search.strategy, processors=search.processors, max_length=max(limits), row_max_lengths=limits,
+            min_length=min(min_length, min(limits)), batch_size=len(chosen), condition=source_batch(sources, tokenizer.eos_id),
+            row_offset=start,
         )
         for i, hyps in zip(chosen, rows, strict=True):
             results[i] = [(h.tokens, h.score) for h in hyps]
@@ -186,6 +185,7 @@ class TranslationTask(Task):
     unit = "nats/token"
     default_strategy = "beam"
     progress_unit = "sent"
+    options = {"beam-translate": frozenset(DECODING_OPTIONS)}
 
     def _tokenizer(self, loaded: Loaded) -> SubwordTokenizer:
         return tokenizer_from_json(loaded.checkpoint.tokenizer)
@@ -236,9 +236,10 @@ class TranslationTask(Task):
         return LossOutput(objective=objective, nll=nll.detach(), count=count)
 
     def translate(self, loaded: Loaded, request: TranslateRequest) -> None:
-        check_new(request.output, request.force)
         decoding = request.decoding
-        strategy = decoding.make_strategy(self.default_strategy)
+        self.check_options(loaded.family, "beam-translate", request)
+        search = decoding.build(self.default_strategy)
+        check_new(request.output, request.force)
         lines = read_lines(request.input if request.input is not None else Path("-"))
         tokenizer = self._tokenizer(loaded)
         started = time.perf_counter()
@@ -248,14 +249,13 @@ class TranslationTask(Task):
 
         with torch.inference_mode():
             translations = translate_lines(
-                loaded.model, tokenizer, lines, strategy=strategy, beam_size=decoding.beam_size, nbest=decoding.nbest,
-                batch_size=request.batch_size, max_length=decoding.max_length, max_length_ratio=request.max_length_ratio,
-                min_length=decoding.min_length, progress=request.progress, on_long=on_long,
+                loaded.model, tokenizer, lines, search=search, batch_size=request.batch_size, max_length=decoding.max_length,
+                max_length_ratio=request.max_length_ratio, min_length=decoding.min_length, progress=request.progress, on_long=on_long,
             )
         seconds = time.perf_counter() - started
         with open_output(request.output) as out:
             for index, ranked in enumerate(translations):
-                if decoding.nbest == 1:
+                if search.strategy.nbest == 1:
                     out.write(ranked[0][0] + "\n")
                 else:
                     for text, score, _ in ranked:

@@ -22,6 +22,7 @@ import sacrebleu
 import torch
 
 from arcli.checkpoint import read_checkpoint, save_checkpoint
+from arcli.decoding import DecodingOptions
 from arcli.registry import get_family
 from arcli.tasks.translation import pad, pair_logprobs, source_batch, translate_lines
 from arcli.text.files import read_lines
@@ -48,7 +49,7 @@ def main() -> int:
 
     started = time.perf_counter()
     with torch.inference_mode():
-        ranked = translate_lines(model, tokenizer, sources, strategy="beam", beam_size=args.beam_size, nbest=1, batch_size=32)
+        ranked = translate_lines(model, tokenizer, sources, search=DecodingOptions(beam_size=args.beam_size).build("beam"), batch_size=32)
     seconds = time.perf_counter() - started
     hypotheses = [r[0][0] for r in ranked]
     args.checkpoint.with_suffix(".test.es").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")

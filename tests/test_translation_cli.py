@@ -140,11 +140,86 @@ def test_score_equals_model_logprob(transformer, data, tmp_path):
     assert "nats/token" in result.stderr
 
 
-def test_rnn_attention_trains_and_translates(data, tmp_path):
-    out = tmp_path / "rnn.safetensors"
+@pytest.fixture(scope="module")
+def rnn(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "rnn.safetensors"
     ok(run(*train_args("rnn-attention", data, out, settings(TINY_RNN))))
-    result = ok(run("beam-translate", "rnn-attention", "--checkpoint", out, "--device", "cpu", "--quiet", input="the dog\n\nthe cat\n"))
+    return out
+
+
+def test_rnn_attention_trains_and_translates(rnn):
+    result = ok(run("beam-translate", "rnn-attention", "--checkpoint", rnn, "--device", "cpu", "--quiet", input="the dog\n\nthe cat\n"))
     assert len(result.stdout.split("\n")) == 4
+
+
+SOURCES = ["the dog sees the cat", "", "the small cat eats the big dog and the cat"]
+
+
+@pytest.mark.parametrize("family", ["transformer", "rnn-attention"])
+@pytest.mark.parametrize("nbest", [1, 2])
+def test_token_scores_and_alignment(family, nbest, transformer, rnn):
+    checkpoint = transformer if family == "transformer" else rnn
+    base = ["beam-translate", family, "--checkpoint", checkpoint, "--device", "cpu", "--quiet", "--nbest", nbest]
+    plain = ok(run(*base, input="\n".join(SOURCES) + "\n")).stdout.splitlines()
+    result = ok(run(*base, "--print-scores", "tokens", "--alignment", input="\n".join(SOURCES) + "\n"))
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [int(r[0]) for r in rows] == [i for i in range(len(SOURCES)) for _ in range(nbest)]
+    for (index, text, score, token_scores, pairs), line in zip(rows, plain, strict=True):
+        assert text == (line if nbest == 1 else line.split("\t")[2])  # the same translations as without the columns
+        scores = [float(x) for x in token_scores.split()]
+        assert sum(scores) == pytest.approx(float(score), abs=1e-4)
+        if not SOURCES[int(index)]:
+            assert (text, scores, pairs) == ("", [], "")
+            continue
+        assert all(x <= 0 for x in scores) and len(scores) >= len(text.split())
+        links = [tuple(map(int, pair.split("-"))) for pair in pairs.split()]
+        assert links and all(0 <= i < len(SOURCES[int(index)].split()) and 0 <= j < len(text.split()) for i, j in links)
+        assert {j for _, j in links} == set(range(len(text.split())))  # every target word is aligned
+
+
+def test_token_scores_are_the_model_logprob(transformer):
+    model, stored = get_family("transformer").load(transformer, torch.device("cpu"))
+    tokenizer = tokenizer_from_json(stored.tokenizer)
+    result = ok(run("beam-translate", "transformer", "--checkpoint", transformer, "--device", "cpu", "--quiet", "--print-scores", "tokens",
+                    input="the dog sees the cat\n"))
+    _, text, score, _ = result.stdout.rstrip("\n").split("\t")
+    tokens, lengths = pad([tokenizer.encode(text) + [tokenizer.eos_id]])
+    with torch.no_grad():
+        expected = float(pair_logprobs(model, source_batch([tokenizer.encode("the dog sees the cat")], tokenizer.eos_id), tokens, lengths).sum())
+    assert float(score) == pytest.approx(expected, abs=1e-3)
+
+
+def test_prefix_and_repetition_options(transformer, rnn):
+    for family, checkpoint in (("transformer", transformer), ("rnn-attention", rnn)):
+        base = ["beam-translate", family, "--checkpoint", checkpoint, "--device", "cpu", "--quiet"]
+        out = ok(run(*base, "--prefix", "el gato", input="the dog sees the cat\n\nthe big dog\n")).stdout.split("\n")
+        assert out[0].startswith("el gato") and out[1] == "" and out[2].startswith("el gato")
+        for strategy in ("beam", "greedy", "sample"):
+            lines = ok(run(*base, "--strategy", strategy, "--seed", 1, "--no-repeat-ngram", 1, "--repetition-penalty", 1.5,
+                           input="the dog and the cat and the dog and the cat\n")).stdout.splitlines()
+            words = lines[0].split()[1:]  # (the first word may be tokenized without its leading space)
+            assert len(words) == len(set(words))  # no token twice: no word twice
+
+
+def test_bad_decoding_input(transformer):
+    base = ["beam-translate", "transformer", "--checkpoint", transformer, "--device", "cpu", "--quiet"]
+    for option, message in ((["--no-repeat-ngram", "0"], "--no-repeat-ngram must be"), (["--no-repeat-ngram", "-2"], "--no-repeat-ngram must be"),
+                            (["--repetition-penalty", "0"], "--repetition-penalty must be"), (["--repetition-penalty", "-1"], "> 0"),
+                            (["--prefix", "el perro grande y el gato", "--max-length", "2"], "longer than --max-length 2")):
+        one_line_error(run(*base, *option, input="the dog\n"), message)
+    one_line_error(run("sample", "pixelcnn", "--no-repeat-ngram", "2"), "--no-repeat-ngram does not apply to the image model")
+    assert run(*base, "--print-scores", "words", input="the dog\n").exit_code == 2  # a usage error, Typer's way
+
+
+def test_alignment_needs_attention(transformer):
+    from arcli.errors import OptionError
+    from arcli.tasks import Loaded, TranslateRequest
+    from arcli.tasks.translation import TRANSLATION
+
+    _, stored = get_family("transformer").load(transformer, torch.device("cpu"))
+    no_attention = Loaded(get_family("transformer"), torch.nn.Linear(2, 2), stored, torch.device("cpu"))
+    with pytest.raises(OptionError, match="--alignment needs a model with cross-attention"):
+        TRANSLATION.translate(no_attention, TranslateRequest(input=None, alignment=True))
 
 
 def test_transformer_lm_prompt(tmp_path):

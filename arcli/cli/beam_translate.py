@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,10 @@ from arcli.cli.common import load, progress_bar, user_errors
 from arcli.errors import OptionError
 from arcli.registry import get_family
 from arcli.tasks import TranslateRequest
+
+
+class ScoresChoice(str, Enum):
+    tokens = "tokens"
 
 
 @user_errors
@@ -39,6 +44,15 @@ def beam_translate(
     min_length: opt.MinLength = 0,
     no_repeat_ngram: opt.NoRepeatNGram = None,
     repetition_penalty: opt.RepetitionPenalty = None,
+    prefix: Annotated[str | None, typer.Option(
+        help="Start every translation with this text (forced, and counted in its score).", rich_help_panel=opt.DECODING,
+    )] = None,
+    print_scores: Annotated[ScoresChoice | None, typer.Option(
+        help="tokens: write `index<TAB>translation<TAB>log-probability<TAB>each token's log-probability` (nats).",
+    )] = None,
+    alignment: Annotated[bool, typer.Option(
+        "--alignment", help="Add a column of source-target word alignments from the cross-attention (Pharaoh i-j pairs).",
+    )] = False,
 ) -> None:
     """Translate INPUT (or stdin) with MODEL: exactly one output line per input line, in order.
 
@@ -51,11 +65,11 @@ def beam_translate(
     decoding = opt.decoding(
         strategy, temperature=temperature, top_k=top_k, top_p=top_p, beam_size=beam_size, nbest=nbest, length_penalty=length_penalty,
         max_length=max_length, min_length=min_length, no_repeat_ngram=no_repeat_ngram, repetition_penalty=repetition_penalty,
-        seed=seed,
+        prefix=prefix, seed=seed,
     )
     request = TranslateRequest(
         input=input, output=output, decoding=decoding, max_length_ratio=max_length_ratio, batch_size=batch_size,
-        force=force,
+        print_scores=print_scores.value if print_scores else None, alignment=alignment, force=force,
     )
     family = get_family(model)
     decoding.build(family.task.default_strategy)

@@ -3,7 +3,8 @@
 `DecodingOptions` holds every decoding option a command takes; `build` turns it into a `Search`,
 the strategy object plus the history processors, which is what `generate` takes. Lengths
 (`max_length`, `min_length`) are counted by each task in its own units (new tokens after a
-prompt, target tokens per source token ...), so a task reads them and hands the engine numbers.
+prompt, target tokens per source token ...), and a `prefix` is text only a task can tokenize, so
+a task reads those and hands the engine numbers (lengths, known positions).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class DecodingOptions:
     min_length: int = 0
     no_repeat_ngram: int | None = None
     repetition_penalty: float | None = None
+    prefix: str | None = None  # the start of every output (translation), forced through known positions
     seed: int | None = None
 
     def build(self, default: str = "greedy", *, nbest: int | None = None, seed: int | None = None) -> Search:

@@ -51,10 +51,14 @@ class AdditiveAttention(nn.Module):
     def keys(self, memory: torch.Tensor) -> torch.Tensor:
         return self.key(memory)  # (B, S, A)
 
+    def weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """softmax_s(e_ts) (B, S) for query (B, Q), keys (B, S, A), mask (B, S) True = real token."""
+        scores = self.v(torch.tanh(keys + self.query(query).unsqueeze(1))).squeeze(-1)  # (B, S)
+        return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
     def forward(self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Context (B, M) for query (B, Q), keys (B, S, A), memory (B, S, M), mask (B, S) True = real token."""
-        scores = self.v(torch.tanh(keys + self.query(query).unsqueeze(1))).squeeze(-1)  # (B, S)
-        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        weights = self.weights(query, keys, mask)
         return torch.bmm(weights.unsqueeze(1), memory).squeeze(1)  # (B, 1, S) @ (B, S, M) -> (B, M)
 
 
@@ -140,10 +144,14 @@ class RNNAttention(nn.Module):
         mask = torch.arange(width, device=self.device) < lengths.to(self.device).unsqueeze(1)
         return memory, mask, torch.tanh(h0), c0
 
-    def _recur(self, embedded: torch.Tensor, h, c, feed, memory, keys, mask):
-        """One decoder step from the embedded previous token (B, E): the new h, c and attentional output (B, H)."""
+    def _recur(self, embedded: torch.Tensor, h, c, feed, memory, keys, mask, attention: list | None = None):
+        """One decoder step from the embedded previous token (B, E): the new h, c and attentional output (B, H).
+        `attention`: a list that collects the step's attention weights (B, S)."""
         h, c = self.decoder(torch.cat([embedded, feed], dim=-1), (h, c))
-        context = self.attention(h, keys, memory, mask)  # (B, 2H)
+        weights = self.attention.weights(h, keys, mask)  # (B, S)
+        if attention is not None:
+            attention.append(weights)
+        context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)  # (B, 1, S) @ (B, S, 2H) -> (B, 2H)
         output = self.drop(torch.tanh(self.combine(torch.cat([h, context], dim=-1))))
         return h, c, output
 
@@ -152,6 +160,16 @@ class RNNAttention(nn.Module):
 
     def forward(self, tokens: torch.Tensor, condition: Source | None = None) -> torch.Tensor:
         """Logits (B, T, V): [:, t] is the distribution of tokens[:, t] given tokens[:, :t] and the source."""
+        return self._logits(self._teacher_forced(tokens, condition))
+
+    def cross_attention(self, tokens: torch.Tensor, condition: Source) -> torch.Tensor:
+        """(B, T, S): the attention softmax(e_t) of the step that predicts tokens[:, t]; rows sum to 1."""
+        found: list[torch.Tensor] = []
+        self._teacher_forced(tokens, condition, found)
+        return torch.stack(found, dim=1)
+
+    def _teacher_forced(self, tokens: torch.Tensor, condition: Source | None, attention: list | None = None) -> torch.Tensor:
+        """The attentional outputs (B, T, H) of every step, reading the true previous tokens."""
         if condition is None:
             raise ValueError("RNNAttention needs a Source(tokens, lengths) condition")
         memory, mask, h, c = self.encode(condition)
@@ -164,10 +182,9 @@ class RNNAttention(nn.Module):
         feed = memory.new_zeros(h.shape)
         outputs = []
         for t in range(tokens.shape[1]):
-            h, c, feed = self._recur(embedded[:, t], h, c, feed, memory, keys, mask)
+            h, c, feed = self._recur(embedded[:, t], h, c, feed, memory, keys, mask, attention)
             outputs.append(feed)
-        outputs = torch.stack(outputs, dim=1) if outputs else memory.new_zeros(tokens.shape[0], 0, h.shape[1])  # (B, T, H)
-        return self._logits(outputs)
+        return torch.stack(outputs, dim=1) if outputs else memory.new_zeros(tokens.shape[0], 0, h.shape[1])  # (B, T, H)
 
     # --- incremental decoding ---------------------------------------------------------------
 

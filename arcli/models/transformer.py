@@ -100,6 +100,14 @@ class Attention(nn.Module):
         k, v = self.kv(x).chunk(2, dim=-1)
         return self.split(k), self.split(v)
 
+    def weights(self, x: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention probabilities (B, H, T, S) of x (B, T, D) over keys k (B, H, S, D/H), as `attend` uses them."""
+        q = self.split(self.q(x))  # (B, H, T, D/H)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores.float(), dim=-1)
+
     def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         """x (B, T, D) attends to k, v (B, H, S, D/H); mask (B, 1, T or 1, S) True = may attend."""
         q = self.split(self.q(x))
@@ -148,6 +156,12 @@ class DecoderLayer(nn.Module):
         if self.cross is not None:
             x = x + self.drop(self.cross.attend(self.norm_cross(x), *memory_kv, mask=memory_mask))
         return x + self.drop(self.ff(self.norm2(x))), (k, v)
+
+    def cross_weights(self, x: torch.Tensor, memory_kv, memory_mask) -> torch.Tensor:
+        """(B, H, T, S): what each position of x (the layer's input, all of it, causal) attends to in the source."""
+        h = self.norm1(x)
+        x = x + self.attn.attend(h, *self.attn.keys_values(h), causal=True)
+        return self.cross.weights(self.norm_cross(x), memory_kv[0], memory_mask)
 
 
 class Transformer(nn.Module):
@@ -202,6 +216,19 @@ class Transformer(nn.Module):
             memory_kv = layer.cross.keys_values(memory) if layer.cross is not None else None
             x, _ = layer(x, memory_kv, memory_mask)
         return self._logits(x)
+
+    def cross_attention(self, tokens: torch.Tensor, condition: Source) -> torch.Tensor:
+        """(B, T, S): how much the prediction of tokens[:, t] attends to each source position, the
+        heads of the last decoder layer averaged (fairseq's alignment layer); the rows sum to 1."""
+        if not self.is_seq2seq:
+            raise ValueError("a decoder-only Transformer has no cross-attention")
+        inputs = torch.cat([torch.full_like(tokens[:, :1], self.eos_id), tokens[:, :-1]], dim=1)
+        memory, memory_mask = self.encode(condition)
+        x = self._embed(inputs)
+        for layer in self.decoder[:-1]:
+            x, _ = layer(x, layer.cross.keys_values(memory), memory_mask)
+        last = self.decoder[-1]
+        return last.cross_weights(x, last.cross.keys_values(memory), memory_mask).mean(dim=1)
 
     # --- incremental decoding ---------------------------------------------------------------
 

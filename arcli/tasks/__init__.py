@@ -109,6 +109,8 @@ class TranslateRequest:
     decoding: DecodingOptions = DecodingOptions()
     max_length_ratio: float | None = None  # max target tokens per source token (with --max-length as a cap)
     batch_size: int = 32
+    print_scores: str | None = None  # "tokens": TSV with each token's log-probability
+    alignment: bool = False  # a column of source-target word alignments from the cross-attention
     force: bool = False
     progress: Callable[[int, int], None] | None = None
 
@@ -116,7 +118,7 @@ class TranslateRequest:
 # request fields that every command takes (or that are not options): never refused
 _ALWAYS = {"output", "force", "progress", "decoding", "input", "images", "inputs", "mask", "batch_size", "max_length_ratio"}
 DECODING_OPTIONS = ("--strategy", "--temperature", "--top-k", "--top-p", "--beam-size", "--nbest", "--length-penalty",
-                    "--max-length", "--min-length", "--no-repeat-ngram", "--repetition-penalty", "--seed")
+                    "--max-length", "--min-length", "--no-repeat-ngram", "--repetition-penalty", "--prefix", "--seed")
 
 
 def given_options(request: object) -> list[str]:

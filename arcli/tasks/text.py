@@ -79,7 +79,8 @@ class TextTask(Task):
     unit = "nats/token"
     default_strategy = "sample"
     progress_unit = "tok"
-    options = {"sample": frozenset({"--count", "--prompt", *DECODING_OPTIONS})}
+    options = {"sample": frozenset({"--count", "--prompt", *(name for name in DECODING_OPTIONS if name != "--prefix")})}
+    option_notes = {"--prefix": "give the start of the text with --prompt"}
 
     def __init__(self, subword: bool = False, context: int | None = None):
         self.subword, self.context = subword, context

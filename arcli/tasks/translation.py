@@ -16,6 +16,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
 from arcli.tasks import DECODING_OPTIONS, Loaded, ScoreRequest, Task, TrainingSetup, TrainRequest, TranslateRequest
 from arcli.tasks.text import pad
+from arcli.text.alignment import align, pharaoh, token_words
 from arcli.text.files import read_lines
 from arcli.text.tokenizers import SubwordTokenizer, tokenizer_from_json
 from arcli.training import LossOutput
@@ -116,52 +118,113 @@ def split_long(text: str, tokenizer, limit: int = MAX_PIECE_TOKENS) -> list[str]
     return pieces
 
 
+class Translation(NamedTuple):
+    """One translation of an input line (the joined translations of its pieces, for a long line)."""
+
+    text: str
+    score: float  # the search's score; for pieces, their scores averaged by length
+    tokens: int  # target tokens, EOS included
+    logprob: float = 0.0  # log p(translation | source) in nats: the pieces' sum
+    token_logprobs: list[float] | None = None  # per target token (`token_scores=True`)
+    alignment: list[tuple[int, int]] | None = None  # (source word, target word) pairs (`alignment=True`)
+
+
 def translate_lines(model, tokenizer, lines: list[str], *, search: Search, batch_size: int,
                     max_length: int | None = None, max_length_ratio: float | None = 2.0, min_length: int = 0,
-                    progress=None, on_long=None) -> list[list[tuple[str, float, int]]]:
-    """Per line, the `search.strategy.nbest` translations as (text, score, tokens) best first (`model` in eval mode);
-    an empty line gives [("", 0.0, 0)] * nbest. Long lines are split into pieces; the k-th translations of the pieces
-    are joined with spaces and their scores averaged (weighted by length)."""
-    pieces: list[tuple[int, list[int]]] = []  # (line index, source tokens)
+                    prefix: list[int] | None = None, token_scores: bool = False, alignment: bool = False,
+                    progress=None, on_long=None) -> list[list[Translation]]:
+    """Per line, the `search.strategy.nbest` translations best first (`model` in eval mode); an
+    empty line gives nbest empty translations. Long lines are split into pieces; the k-th
+    translations of the pieces are joined with spaces and their scores averaged (weighted by
+    length). `prefix`: target tokens every translation starts with (forced, and counted).
+    `token_scores`, `alignment`: also give per-token log-probabilities, word alignments."""
+    pieces: list[tuple[int, str, list[int]]] = []  # (line index, text, source tokens)
     for index, line in enumerate(lines):
         if not line.strip():
             continue
         parts = split_long(line, tokenizer)
         if len(parts) > 1 and on_long is not None:
             on_long(index, len(parts))
-        pieces += [(index, tokenizer.encode(part)) for part in parts]
-    nbest = search.strategy.nbest
-    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))  # similar lengths batch together
-    results: list[list[tuple[list[int], float]]] = [[] for _ in pieces]
+        pieces += [(index, part, tokenizer.encode(part)) for part in parts]
+    first = {i for i in range(len(pieces)) if i == 0 or pieces[i - 1][0] != pieces[i][0]}  # a line's first piece takes the prefix
+    nbest, prefix = search.strategy.nbest, prefix or []
+    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][2]))  # similar lengths batch together
+    results: list[list] = [[] for _ in pieces]  # per piece: Hypothesis objects, with alignments when asked
     done = 0
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
-        sources = [pieces[i][1] for i in chosen]
-        limits = [_max_target(len(s) + 1, max_length, max_length_ratio) for s in sources]
+        sources = [pieces[i][2] for i in chosen]
+        forced = [len(prefix) if i in first else 0 for i in chosen]
+        limits = [max(_max_target(len(s) + 1, max_length, max_length_ratio), min(n + 1, max_length or n + 1)) for s, n in zip(sources, forced, strict=True)]
+        known = None
+        if prefix and any(forced):
+            values = torch.tensor([prefix] * len(chosen))
+            known = (values, torch.tensor([[n > 0] * len(prefix) for n in forced]))
+        condition = source_batch(sources, tokenizer.eos_id)
         rows = generate(
             model, search.strategy, processors=search.processors, max_length=max(limits), row_max_lengths=limits,
-            min_length=min(min_length, min(limits)), batch_size=len(chosen), condition=source_batch(sources, tokenizer.eos_id),
-            row_offset=start,
+            min_length=min(min_length, min(limits)), batch_size=len(chosen), condition=condition, known=known,
+            row_offset=start, token_scores=token_scores,
         )
-        for i, hyps in zip(chosen, rows, strict=True):
-            results[i] = [(h.tokens, h.score) for h in hyps]
+        links = _alignments(model, tokenizer, [pieces[i][2] for i in chosen], rows) if alignment else [[None] * len(r) for r in rows]
+        for i, hyps, found in zip(chosen, rows, links, strict=True):
+            results[i] = list(zip(hyps, found, strict=True))
         done += len(chosen)
         if progress is not None:
             progress(done, len(order))
-    out: list[list[tuple[str, float, int]]] = [[("", 0.0, 0)] * nbest for _ in lines]
+    out: list[list[Translation]] = [[Translation("", 0.0, 0, 0.0, [] if token_scores else None, [] if alignment else None)] * nbest for _ in lines]
     by_line: dict[int, list[int]] = {}
-    for i, (index, _) in enumerate(pieces):
+    for i, (index, _, _) in enumerate(pieces):
         by_line.setdefault(index, []).append(i)
     for index, members in by_line.items():
         ranked = []
         for k in range(nbest):
             parts = [results[i][min(k, len(results[i]) - 1)] for i in members]
-            text = " ".join(_one_line(tokenizer.decode(tokens)) for tokens, _ in parts)
-            count = sum(len(tokens) for tokens, _ in parts)
-            score = sum(s * len(t) for t, s in parts) / max(1, count) if len(parts) > 1 else parts[0][1]
-            ranked.append((text, score, count))
+            texts = [_one_line(tokenizer.decode(hyp.tokens)) for hyp, _ in parts]
+            count = sum(len(hyp.tokens) for hyp, _ in parts)
+            score = sum(hyp.score * len(hyp.tokens) for hyp, _ in parts) / max(1, count) if len(parts) > 1 else parts[0][0].score
+            token_logprobs = [lp for hyp, _ in parts for lp in hyp.token_logprobs] if token_scores else None
+            pairs = None
+            if alignment:  # word indices of each piece, shifted past the words of the pieces before it
+                pairs, source_words, target_words = [], 0, 0
+                for (_, found), member, text in zip(parts, members, texts, strict=True):
+                    pairs += [(i + source_words, j + target_words) for i, j in found]
+                    source_words, target_words = source_words + len(pieces[member][1].split()), target_words + len(text.split())
+            ranked.append(Translation(" ".join(texts), score, count, sum(hyp.logprob for hyp, _ in parts), token_logprobs, pairs))
         out[index] = ranked
     return out
+
+
+def _alignments(model, tokenizer, sources: list[list[int]], rows) -> list[list[list[tuple[int, int]]]]:
+    """Per row and hypothesis, its word alignment from the model's cross-attention."""
+    flat = [(r, hyp) for r, hyps in enumerate(rows) for hyp in hyps]
+    targets, _ = pad([hyp.tokens for _, hyp in flat])
+    device = next(model.parameters()).device
+    repeated = source_batch([sources[r] for r, _ in flat], tokenizer.eos_id)
+    attention = model.cross_attention(targets.to(device), Source(repeated.tokens.to(device), repeated.lengths.to(device))).cpu()  # (N, T, S)
+    source_words = [token_words(tokenizer, s) for s in sources]
+    found = [align(attention[n], source_words[r], token_words(tokenizer, hyp.tokens)) for n, (r, hyp) in enumerate(flat)]
+    out, position = [], 0
+    for hyps in rows:
+        out.append(found[position : position + len(hyps)])
+        position += len(hyps)
+    return out
+
+
+def _output_line(index: int, translation: Translation, nbest: int, request: TranslateRequest) -> str:
+    """One output line: the translation alone; with --nbest N > 1 `index, score, translation`; with
+    --print-scores tokens `index, translation, log-probability, token log-probabilities`; with
+    --alignment the Pharaoh pairs as a last column."""
+    if request.print_scores == "tokens":
+        scores = " ".join(f"{lp:.7f}" for lp in translation.token_logprobs)  # 7 decimals: 200 tokens still sum within 1e-5
+        fields = [str(index), translation.text, f"{translation.logprob:.7f}", scores]
+    elif nbest > 1:
+        fields = [str(index), f"{translation.score:.4f}", translation.text]
+    else:
+        fields = [translation.text]
+    if request.alignment:
+        fields.append(pharaoh(translation.alignment))
+    return "\t".join(fields)
 
 
 def _one_line(text: str) -> str:
@@ -185,7 +248,7 @@ class TranslationTask(Task):
     unit = "nats/token"
     default_strategy = "beam"
     progress_unit = "sent"
-    options = {"beam-translate": frozenset(DECODING_OPTIONS)}
+    options = {"beam-translate": frozenset({*DECODING_OPTIONS, "--print-scores", "--alignment"})}
 
     def _tokenizer(self, loaded: Loaded) -> SubwordTokenizer:
         return tokenizer_from_json(loaded.checkpoint.tokenizer)
@@ -239,9 +302,16 @@ class TranslationTask(Task):
         decoding = request.decoding
         self.check_options(loaded.family, "beam-translate", request)
         search = decoding.build(self.default_strategy)
+        if request.print_scores not in (None, "tokens"):
+            raise OptionError(f"--print-scores takes 'tokens' (per-token log-probabilities), got {request.print_scores!r}")
+        if request.alignment and getattr(loaded.model, "cross_attention", None) is None:
+            raise OptionError(f"--alignment needs a model with cross-attention, and '{loaded.family.name}' has none")
+        tokenizer = self._tokenizer(loaded)
+        prefix = tokenizer.encode(decoding.prefix) if decoding.prefix else None
+        if prefix is not None and decoding.max_length is not None and len(prefix) > decoding.max_length:
+            raise OptionError(f"--prefix is {len(prefix)} tokens long, longer than --max-length {decoding.max_length}")
         check_new(request.output, request.force)
         lines = read_lines(request.input if request.input is not None else Path("-"))
-        tokenizer = self._tokenizer(loaded)
         started = time.perf_counter()
 
         def on_long(index, parts):
@@ -250,18 +320,16 @@ class TranslationTask(Task):
         with torch.inference_mode():
             translations = translate_lines(
                 loaded.model, tokenizer, lines, search=search, batch_size=request.batch_size, max_length=decoding.max_length,
-                max_length_ratio=request.max_length_ratio, min_length=decoding.min_length, progress=request.progress, on_long=on_long,
+                max_length_ratio=request.max_length_ratio, min_length=decoding.min_length, prefix=prefix,
+                token_scores=request.print_scores == "tokens", alignment=request.alignment, progress=request.progress, on_long=on_long,
             )
         seconds = time.perf_counter() - started
         with open_output(request.output) as out:
             for index, ranked in enumerate(translations):
-                if search.strategy.nbest == 1:
-                    out.write(ranked[0][0] + "\n")
-                else:
-                    for text, score, _ in ranked:
-                        out.write(f"{index}\t{score:.4f}\t{text}\n")
+                for translation in ranked:
+                    out.write(_output_line(index, translation, search.strategy.nbest, request) + "\n")
         sentences = sum(1 for line in lines if line.strip())
-        tokens = sum(r[0][2] for r in translations)
+        tokens = sum(r[0].tokens for r in translations)
         print(
             f"translated {sentences} sentences ({len(lines) - sentences} empty lines kept empty) into {tokens} tokens "
             f"in {seconds:.1f} s: {sentences / max(seconds, 1e-9):.1f} sentences/s, {tokens / max(seconds, 1e-9):.0f} tokens/s",

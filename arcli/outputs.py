@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from tqdm import tqdm
+
 from arcli.errors import ArcliError
 
 
@@ -66,6 +68,24 @@ def open_output(path: str | Path, binary: bool = False) -> Iterator[IO]:
         return
     with atomic_path(path) as tmp, open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
         yield f
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """`data` to stdout for "-", else to `path` through a temp file and a rename."""
+    if str(path) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(data)
+    except OSError as error:
+        raise ArcliError(f"cannot write '{path}': {error.strerror or error}") from None
+
+
+def note(message: str) -> None:
+    """A line on stderr that does not tear a progress bar that may be on screen."""
+    tqdm.write(message, file=sys.stderr)
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:

@@ -37,9 +37,7 @@ from arcli.checkpoint import load_training_state, save_training_state
 from arcli.distributed import SINGLE, PeerLost, World, check_batch, is_peer_failure, lost_peer, shard, sum_over_ranks, wrap
 from arcli.errors import ArcliError, CheckpointError, OptionError
 from arcli.metrics_log import MetricsLog
-
-LN2 = math.log(2.0)
-UNITS = ("bits/sample", "bits/dim", "nats/token", "nats/frame")  # nats/frame: a density over real-valued frames (VRNN)
+from arcli.units import UNITS, format_nll, nll_metrics  # noqa: F401  (nll_metrics: re-exported)
 
 
 @dataclass
@@ -83,32 +81,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # per evaluation: step, train_nll, valid_nll (nats/unit)
     losses: list[float] = field(default_factory=list)  # the objective of each step this call took
     start_step: int = 0  # the step this call started from (0, or the resumed state's step)
-
-
-# -------------------------------------------------------------------------------------------------
-# units
-
-
-def nll_metrics(nats_per_unit: float, unit: str) -> dict[str, float]:
-    """The NLL in the field's unit: {"bits_per_sample": ...}, {"bits_per_dim": ...} or
-    {"nats_per_token": ..., "perplexity": ...}. Bits are nats / ln 2."""
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
-    name = unit.replace("/", "_per_")
-    if unit.startswith("bits/"):
-        return {name: nats_per_unit / LN2}
-    if unit == "nats/frame":  # a continuous density: no perplexity
-        return {name: nats_per_unit}
-    return {name: nats_per_unit, "perplexity": math.exp(nats_per_unit) if nats_per_unit < 700 else math.inf}
-
-
-def format_nll(nats_per_unit: float, unit: str) -> str:
-    """'2.951 bits/sample', '3.012 bits/dim', '2.104 nats/token (perplexity 8.20)'."""
-    if unit == "nats/token":
-        return f"{nats_per_unit:.3f} nats/token (perplexity {nll_metrics(nats_per_unit, unit)['perplexity']:.2f})"
-    if unit == "nats/frame":
-        return f"{nats_per_unit:.1f} nats/frame"
-    return f"{nats_per_unit / LN2:.3f} {unit}"
 
 
 def learning_rate_at(step: int, options: TrainOptions) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,9 @@ import soxr
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from arcli.errors import ArcliError, DataError
-from arcli.outputs import atomic_path
+from arcli.errors import DataError
+from arcli.outputs import write_bytes
+from arcli.palette import palette
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -95,51 +95,13 @@ def _pcm16_wav_bytes(audio: torch.Tensor, sample_rate: int) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder and a rename."""
-    try:
-        with atomic_path(path) as temporary:
-            temporary.write_bytes(data)
-    except OSError as error:
-        raise ArcliError(f"cannot write '{path}': {error.strerror or error}") from None
-
-
 def write_wav(path: str | Path, audio: torch.Tensor, sample_rate: int) -> None:
     """Write audio (T,) in [-1, 1] as 16-bit PCM WAV; `path` "-" writes it to stdout."""
-    data = _pcm16_wav_bytes(audio, sample_rate)
-    if str(path) == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    else:
-        _write_atomic(path, data)
+    write_bytes(path, _pcm16_wav_bytes(audio, sample_rate))
 
 
-# A dark-to-bright palette in the spirit of matplotlib's "magma": black, purple, red, orange,
-# pale yellow. Brightness rises steadily, so loudness reads the same in colour and in grey.
-_PALETTE_STOPS = np.array(
-    [
-        [0, 0, 4],
-        [40, 11, 84],
-        [101, 21, 110],
-        [159, 42, 99],
-        [212, 72, 66],
-        [245, 125, 21],
-        [250, 193, 39],
-        [252, 253, 191],
-    ],
-    dtype=np.float64,
-)
 _DYNAMIC_RANGE_DB = 80.0
 _MAX_WIDTH = 4000  # pixels; longer audio gets a larger hop rather than a huge image
-
-
-def _palette(levels: int = 256) -> np.ndarray:
-    """(levels, 3) uint8 colours, linearly interpolated between the stops."""
-    positions = np.linspace(0, len(_PALETTE_STOPS) - 1, levels)
-    lower = np.floor(positions).astype(int).clip(max=len(_PALETTE_STOPS) - 2)
-    fraction = (positions - lower)[:, None]
-    colours = _PALETTE_STOPS[lower] * (1 - fraction) + _PALETTE_STOPS[lower + 1] * fraction
-    return colours.round().astype(np.uint8)
 
 
 SPECTROGRAM_MARGINS = (44, 18, 8, 22)  # left, top, right, bottom: where the axes and their labels go
@@ -192,7 +154,7 @@ def write_spectrogram_png(path: str | Path, audio: torch.Tensor, sample_rate: in
     floor = decibels.max() - _DYNAMIC_RANGE_DB
     level = ((decibels - floor) / _DYNAMIC_RANGE_DB).clamp(0, 1)
     indices = (level * 255).round().to(torch.uint8).flip(0).numpy()  # row 0 = highest frequency
-    image = _with_axes(Image.fromarray(_palette()[indices]), sample_rate, hop)  # RGB from (H, W, 3) uint8
+    image = _with_axes(Image.fromarray(palette(np.linspace(0.0, 1.0, 256))[indices]), sample_rate, hop)  # RGB from (H, W, 3) uint8
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    _write_atomic(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())

@@ -24,7 +24,6 @@ import gzip
 import io
 import os
 import struct
-import sys
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,8 +32,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from arcli.errors import ArcliError, DataError
-from arcli.outputs import atomic_path
+from arcli.errors import DataError
+from arcli.outputs import write_bytes
+from arcli.palette import palette
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FORMATS = "PNG/JPEG images (or folders of them), IDX files (.gz or not) and .npy arrays"
@@ -347,19 +347,6 @@ def convert_pixels(pixels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarra
 # writing
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    """`data` to stdout for "-", else to `path` through a temp file and a rename."""
-    if str(path) == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    try:
-        with atomic_path(path) as temporary:
-            temporary.write_bytes(data)
-    except OSError as error:
-        raise ArcliError(f"cannot write '{path}': {error.strerror or error}") from None
-
-
 def png_bytes(pixels: np.ndarray) -> bytes:
     """A uint8 image (H, W, 1) or (H, W, 3) as PNG bytes (grey or RGB)."""
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
@@ -423,23 +410,6 @@ def occlude(pixels: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     out = pixels.copy()
     out[hidden] = checker[hidden][:, None]
     return out
-
-
-# A dark-to-bright palette in the spirit of matplotlib's "inferno": black, purple, red, orange,
-# pale yellow; brightness rises steadily, so surprise reads the same in colour and in grey.
-_PALETTE_STOPS = np.array(
-    [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39], [252, 255, 164]],
-    dtype=np.float64,
-)
-
-
-def palette(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (any shape) -> uint8 RGB colours (shape + (3,))."""
-    positions = np.clip(values, 0.0, 1.0) * (len(_PALETTE_STOPS) - 1)
-    lower = np.floor(positions).astype(int).clip(max=len(_PALETTE_STOPS) - 2)
-    fraction = (positions - lower)[..., None]
-    colours = _PALETTE_STOPS[lower] * (1 - fraction) + _PALETTE_STOPS[lower + 1] * fraction
-    return colours.round().astype(np.uint8)
 
 
 def write_heatmap(path: str | Path, pixels: np.ndarray, bits: np.ndarray, top: float | None = None) -> float:

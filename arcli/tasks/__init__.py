@@ -10,7 +10,6 @@ one clear line. Each task declares, per subcommand, the options it takes (`Task.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +19,12 @@ import torch
 
 from arcli.decoding import DecodingOptions
 from arcli.errors import ArcliError, OptionError
+from arcli.units import LN2, nats_to  # noqa: F401  (re-exported for the tasks and the CLI)
 
 if TYPE_CHECKING:
     from arcli.checkpoint import Checkpoint
     from arcli.registry import ModelFamily
     from arcli.training import LossOutput, TrainData
-
-LN2 = math.log(2.0)
 
 
 @dataclass
@@ -186,12 +184,3 @@ class Task:
 
 def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
-
-
-def nats_to(unit: str, nats_per_unit: float) -> float:
-    """Nats per unit in the unit's own terms: bits for bits/*, perplexity for nats/token."""
-    if unit.startswith("bits/"):
-        return nats_per_unit / LN2
-    if unit == "nats/frame":  # a continuous density: no perplexity
-        return nats_per_unit
-    return math.exp(min(nats_per_unit, 700.0))

@@ -29,7 +29,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from arcli.audio.io import find_audio_files, load_audio, write_spectrogram_png, write_wav
 from arcli.decoding import DecodingOptions, Sample, generate
@@ -37,6 +36,7 @@ from arcli.errors import DataError, OptionError
 from arcli.models import wavenet_fused
 from arcli.models.wavenet import PCM16_STEP, LocalCondition, TTSConfig, VocoderConfig, WaveNet, WaveNetConfig, gaussian_16bit_nats
 from arcli.outputs import check_new, open_output
+from arcli.outputs import note as _note
 from arcli.registry import ModelFamily
 from arcli.tasks import LN2, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
 from arcli.tasks.conditioning import LinguisticFrames, MelFrames, Piece, Unconditioned
@@ -190,11 +190,6 @@ def _checkpoint_temperature(loaded: Loaded, decoding: DecodingOptions) -> tuple[
         raise DataError(f"the checkpoint's default temperature {stored!r} is not a number in (0, 10]")
     note = f"temperature {stored:g}, the checkpoint's default (--temperature 1 samples the model's own distribution)"
     return dataclasses.replace(decoding, temperature=float(stored)), note
-
-
-def _note(message: str) -> None:
-    """A line on stderr that does not tear a progress bar that may be on screen."""
-    tqdm.write(message, file=sys.stderr)
 
 
 def _load_clips(found: list[tuple[Path, int | None]], sample_rate: int, config: WaveNetConfig, frames_of=lambda path, audio: None) -> list[Clip]:

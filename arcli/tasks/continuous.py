@@ -35,9 +35,10 @@ from arcli.decoding.continuous import sample_frames
 from arcli.errors import DataError, OptionError
 from arcli.models.vrnn import VRNN, RNNGauss, RNNGaussConfig, VRNNConfig
 from arcli.outputs import check_new, open_output
+from arcli.outputs import note as _note
 from arcli.registry import ModelFamily
 from arcli.tasks import Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
-from arcli.tasks.audio import _listing, _note, speaker_name
+from arcli.tasks.audio import _listing, speaker_name
 from arcli.training import LossOutput
 
 DEFAULT_SECONDS = 2.0  # `arcli sample vrnn` without --seconds

@@ -24,7 +24,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from arcli.decoding import Sample, generate
 from arcli.errors import DataError, OptionError
@@ -38,6 +37,7 @@ from arcli.models.nade import NADE, NADEConfig
 from arcli.models.pixelcnn import PixelCNN, PixelCNNConfig, context  # noqa: F401  (context: re-exported)
 from arcli.models.pixelrnn import DiagonalBiLSTMConfig, PixelRNN, RowLSTMConfig
 from arcli.outputs import check_new, open_output
+from arcli.outputs import note as _note
 from arcli.registry import ModelFamily
 from arcli.tasks import LN2, CompleteRequest, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
 from arcli.tasks.completion import Completer, completion_files, method_note
@@ -75,11 +75,6 @@ class ImageData:
         for start in range(0, len(self.valid), batch_size):
             labels = None if self.valid_labels is None else self.valid_labels[start : start + batch_size]
             yield ImageBatch(self.valid[start : start + batch_size].long(), labels)
-
-
-def _note(message: str) -> None:
-    """A line on stderr that does not tear a progress bar that may be on screen."""
-    tqdm.write(message, file=sys.stderr)
 
 
 def _listing(names: list[str], count: int) -> str:

@@ -19,6 +19,7 @@ from arcli.models.transformer import Transformer, TransformerLMConfig
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
 from arcli.tasks import DECODING_OPTIONS, LN2, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
+from arcli.text.batches import pad
 from arcli.text.files import decode_utf8, read_byte_lines, read_bytes, read_lines, split_lines
 from arcli.text.tokenizers import ByteTokenizer, SubwordTokenizer, tokenizer_from_json
 from arcli.training import LossOutput
@@ -39,15 +40,6 @@ class LineData:
     def valid_batches(self, batch_size: int):
         for start in range(0, len(self.valid), batch_size):
             yield pad([seq[:MAX_TOKENS] for seq in self.valid[start : start + batch_size]])
-
-
-def pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens (B, T) right-padded with `pad_id`, lengths (B,))."""
-    lengths = torch.tensor([len(s) for s in sequences])
-    tokens = torch.full((len(sequences), max(1, int(lengths.max()))), pad_id, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return tokens, lengths
 
 
 def token_logprobs(model: torch.nn.Module, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

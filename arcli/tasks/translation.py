@@ -28,8 +28,8 @@ from arcli.models.transformer import Source, Transformer, TransformerConfig
 from arcli.outputs import check_new, open_output
 from arcli.registry import ModelFamily
 from arcli.tasks import DECODING_OPTIONS, Loaded, ScoreRequest, Task, TrainingSetup, TrainRequest, TranslateRequest
-from arcli.tasks.text import pad
 from arcli.text.alignment import align, pharaoh, token_words
+from arcli.text.batches import pad
 from arcli.text.files import read_lines
 from arcli.text.tokenizers import SubwordTokenizer, tokenizer_from_json
 from arcli.training import LossOutput

@@ -34,6 +34,7 @@ reports the exact density of what it generates.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -48,9 +49,10 @@ from arcli.errors import ArcliError, OptionError
 from arcli.models.parallel_wavenet import ParallelWaveNet, ParallelWaveNetConfig
 from arcli.models.wavenet import PCM16_STEP, LocalCondition, gaussian_16bit_nats
 from arcli.outputs import check_new
+from arcli.outputs import note as _note
 from arcli.registry import ModelFamily, get_family
 from arcli.tasks import LN2, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
-from arcli.tasks.audio import AudioBatch, _note, _output_paths
+from arcli.tasks.audio import AudioBatch, _output_paths
 from arcli.tasks.conditioning import MelFrames
 from arcli.training import LossOutput
 
@@ -116,6 +118,12 @@ class ParallelWaveNetTask(Task):
     unit = "bits/sample"
     default_strategy = "sample"
     progress_unit = "sample"
+    # --seconds: refused by MelFrames, which says where the length comes from
+    options = {"sample": frozenset({"--count", "--mel-from", "--seconds", "--spectrogram", "--strategy", "--temperature", "--seed"})}
+    option_notes = {name: "it turns noise into audio in one pass: of the decoding options it takes only --temperature "
+                          "(the noise's scale) and --seed" for name in
+                    ("--top-k", "--top-p", "--beam-size", "--nbest", "--length-penalty", "--max-length", "--min-length",
+                     "--no-repeat-ngram", "--repetition-penalty")}
 
     def __init__(self):
         self.features = MelFrames()
@@ -179,12 +187,9 @@ class ParallelWaveNetTask(Task):
 
     def sample(self, loaded: Loaded, request: SampleRequest) -> None:
         name, d = loaded.family.name, request.decoding
-        for option, value in (("--prompt", request.prompt), ("--label", request.label), ("--speaker", request.speaker)):
-            if value is not None:
-                raise OptionError(f"{option} does not apply to '{name}' (it takes --mel-from, -n, --temperature and --seed)")
-        if (d.strategy not in (None, "sample") or d.top_k is not None or d.top_p is not None or d.nbest != 1
-                or d.max_length is not None or d.min_length):
-            raise OptionError(f"'{name}' turns noise into audio in one pass: of the decoding options it takes only "
+        self.check_options(loaded.family, "sample", request)
+        if d.strategy not in (None, "sample"):
+            raise OptionError(f"'{name}' turns noise into audio in one pass: it samples (--strategy sample), with "
                               "--temperature (the noise's scale) and --seed")
         temperature = 1.0 if d.temperature is None else d.temperature
         if not temperature > 0:
@@ -200,7 +205,7 @@ class ParallelWaveNetTask(Task):
             check_new(request.spectrogram, request.force)
         if outputs == ["-"] and sys.stdout.isatty():
             raise OptionError("refusing to write a WAV file to the terminal: give -o FILE.wav, or pipe the output")
-        seed = d.seed if d.seed is not None else int(torch.seed() % 2**31)
+        seed = d.seed if d.seed is not None else secrets.randbits(31)  # not torch.seed(): no global random state
         if d.seed is None:
             _note(f"seed {seed} (pass --seed {seed} to repeat this run)")
         started = time.perf_counter()

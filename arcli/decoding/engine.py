@@ -152,6 +152,7 @@ class _Search:
     lprobs: torch.Tensor | None  # (b, W, max_length) the model's log-probability of each, when kept
     logprob_is_sum: bool  # a hypothesis' log-probability is the sum of `lprobs` (not its search score)
     token_scores: bool  # finished hypotheses carry their tokens' log-probabilities
+    finished: torch.Tensor  # (b,) how many hypotheses each row has finished
     model_state: Any = None
 
     def history(self, t: int) -> torch.Tensor:
@@ -168,6 +169,7 @@ class _Search:
         index = _first_of_row(b, width, self.tokens.device) + (_arange(width, self.tokens.device) if beams is None else beams)  # (b, W) into b * W
         if keep is not None:
             index, self.rows, self.scores, self.alive = index[keep], self.rows[keep], self.scores[keep], self.alive[keep]
+            self.finished = self.finished[keep]
         flat = index.reshape(-1)
         self.tokens = _take(self.tokens, flat, t)
         if self.lprobs is not None:
@@ -232,9 +234,9 @@ def _decode(model, strategy: Strategy, processors: list[LogitsProcessor], *, max
         if eos is not None:
             ended = (cand.tokens == eos) & cand_alive
             if bool(ended.any()):
-                counted = ended.clone()
-                counted[:, width:] = False  # an EOS outside the best W finishes nothing, and goes on no further (fairseq)
+                counted = ended[:, :width]  # an EOS outside the best W finishes nothing, and goes on no further (fairseq)
                 _finish(finished, strategy, search, counted, t, cand, cand_lprobs, uncapped=before)
+                search.finished = search.finished + counted.sum(dim=1)  # (b,) as len(finished[row]), past W only at a limit
             else:
                 ended = None
 
@@ -262,7 +264,7 @@ def _decode(model, strategy: Strategy, processors: list[LogitsProcessor], *, max
             if at_limit is not None:
                 done |= at_limit
             if ended is not None:  # W finished: nothing still going can enter the row's best W
-                done |= torch.tensor([len(finished[row]) >= width for row in search.rows.tolist()], device=done.device)
+                done |= search.finished >= width
             if bool(done.any()):
                 search.follow(model, ~done, None, t + 1)
         if progress is not None:
@@ -292,7 +294,7 @@ def _start(strategy: Strategy, batch_size: int, max_length: int, device: torch.d
         rows=torch.arange(batch_size, device=device), scores=scores, alive=torch.isfinite(scores),
         tokens=torch.zeros(shape, dtype=torch.long, device=device),
         lprobs=torch.zeros(shape, device=device) if summed else None,
-        logprob_is_sum=summed, token_scores=token_scores,
+        logprob_is_sum=summed, token_scores=token_scores, finished=torch.zeros(batch_size, dtype=torch.long, device=device),
     )
 
 

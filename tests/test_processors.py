@@ -129,3 +129,15 @@ def test_options_travel_one_road():
         DecodingOptions(no_repeat_ngram=0).build()
     with pytest.raises(OptionError, match="repetition-penalty"):
         DecodingOptions(repetition_penalty=0.0).build()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_finished_hypothesis_finishes_once(strategy):
+    # EOS is likely at every step: a sample that ended must not go on drawing and end again (which
+    # gave [.., EOS, EOS] duplicates in place of other samples before the engine knew it was dead).
+    model = TableModel(dict_table({}, [0.6, 0.2, 0.2]), vocab_size=3, eos_id=0)
+    rows = generate(model, strategy, max_length=6, batch_size=8, condition=range(8), seed=3, beam_size=4,
+                    nbest=1 if strategy == "greedy" else 4)
+    for row in rows:
+        for hyp in row:
+            assert 0 not in hyp.tokens[:-1], hyp.tokens

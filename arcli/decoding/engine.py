@@ -223,7 +223,8 @@ def _decode(model, strategy: Strategy, processors: list[LogitsProcessor], *, max
         if processors:
             allowed = apply_processors(lprobs.view(b * width, -1), processors, search.history(t)).view(b, width, -1)
         cand = strategy.step(t, allowed, search.scores, search.rows)  # (b, C)
-        cand_alive = torch.isfinite(cand.scores)  # a hypothesis with no possible token dies
+        cand_alive = cand.scores > NEG_INF  # a hypothesis with no possible token dies, as does one with a NaN score
+        # (not torch.isfinite, which costs several kernels: log-probabilities are never +inf)
         if t < len(known_steps) and known_steps[t]:
             cand, cand_alive = _force_known(known, t, search, lprobs, cand, cand_alive)
         cand_lprobs = _token_lprobs(lprobs, cand) if search.lprobs is not None else None
@@ -267,11 +268,12 @@ def _decode(model, strategy: Strategy, processors: list[LogitsProcessor], *, max
                 done |= search.finished >= width
             if bool(done.any()):
                 search.follow(model, ~done, None, t + 1)
+                new_tokens = search.tokens.select(2, t)
         if progress is not None:
             progress(max_length if last or search.rows.numel() == 0 else t + 1, max_length)
         if last or search.rows.numel() == 0:
             break
-        tokens, model_state = search.tokens.select(2, t).reshape(-1), search.model_state
+        tokens, model_state = new_tokens.reshape(-1), search.model_state  # (b*W,) the tokens just chosen
 
     for row, hyps in enumerate(finished):
         if not hyps:

@@ -20,6 +20,7 @@ masked out of the loss. Clips shorter than the receptive field are refused.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -346,15 +347,7 @@ class AudioTask(Task):
             longest = max(sum(length for _, length in utterance) for utterance in utterances) / rate
             if longest > MAX_SECONDS:
                 raise OptionError(f"the audio would last {longest:.0f} s, more than the {MAX_SECONDS:g} s one file may hold: give less")
-        outputs = _output_paths(request.output, len(pieces))
-        for path in outputs:
-            check_new(path, request.force)
-        if request.spectrogram is not None:
-            if request.spectrogram.suffix.lower() != ".png":
-                raise OptionError(f"--spectrogram {request.spectrogram}: the spectrogram is a PNG; give a name ending in .png")
-            check_new(request.spectrogram, request.force)
-        if outputs == ["-"] and sys.stdout.isatty():
-            raise OptionError("refusing to write a WAV file to the terminal: give -o FILE.wav, or pipe the output")
+        outputs = audio_outputs(request, len(pieces))
         if speaker_note:  # last: only once every check has passed
             _note(speaker_note)
 
@@ -517,6 +510,29 @@ def _refuse_short(clips: list[Clip], receptive_field: int, rate: int) -> None:
             f"({1000 * receptive_field / rate:.0f} ms at {rate} Hz): {named}{more}; remove them, or train a smaller "
             "receptive field (--set layers_per_stack=... / --set stacks=...)"
         )
+
+
+def audio_outputs(request: SampleRequest, count: int) -> list:
+    """A sample request's WAV outputs (see `_output_paths`), each checked to be new, and its --spectrogram
+    PNG; no WAV to a terminal. Every audio family's `sample` calls it before generating anything."""
+    outputs = _output_paths(request.output, count)
+    for path in outputs:
+        check_new(path, request.force)
+    if request.spectrogram is not None:
+        if request.spectrogram.suffix.lower() != ".png":
+            raise OptionError(f"--spectrogram {request.spectrogram}: the spectrogram is a PNG; give a name ending in .png")
+        check_new(request.spectrogram, request.force)
+    if outputs == ["-"] and sys.stdout.isatty():
+        raise OptionError("refusing to write a WAV file to the terminal: give -o FILE.wav, or pipe the output")
+    return outputs
+
+
+def fresh_seed(seed: int | None) -> int:
+    """--seed, or a new one said on stderr so the run can be repeated (from `secrets`: torch's global generator is left alone)."""
+    if seed is None:
+        seed = secrets.randbits(31)
+        _note(f"seed {seed} (pass --seed {seed} to repeat this run)")
+    return seed
 
 
 def _output_paths(output: str, count: int) -> list:

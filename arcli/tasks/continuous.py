@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ from arcli.outputs import check_new, open_output
 from arcli.outputs import note as _note
 from arcli.registry import ModelFamily
 from arcli.tasks import Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
-from arcli.tasks.audio import _listing, speaker_name
+from arcli.tasks.audio import _listing, audio_outputs, fresh_seed, speaker_name
 from arcli.training import LossOutput
 
 DEFAULT_SECONDS = 2.0  # `arcli sample vrnn` without --seconds
@@ -193,18 +192,8 @@ class ContinuousAudioTask(Task):
         if length < 1:
             raise OptionError(f"--seconds {seconds:g} is less than one sample at {rate} Hz")
         speaker = self._speaker(loaded, request.speaker)
-        outputs = _output_paths(request.output, request.count)
-        for path in outputs:
-            check_new(path, request.force)
-        if request.spectrogram is not None:
-            if request.spectrogram.suffix.lower() != ".png":
-                raise OptionError(f"--spectrogram {request.spectrogram}: the spectrogram is a PNG; give a name ending in .png")
-            check_new(request.spectrogram, request.force)
-        if outputs == ["-"] and sys.stdout.isatty():
-            raise OptionError("refusing to write a WAV file to the terminal: give -o FILE.wav, or pipe the output")
-        seed = d.seed if d.seed is not None else secrets.randbits(31)
-        if d.seed is None:
-            _note(f"seed {seed} (pass --seed {seed} to repeat this run)")
+        outputs = audio_outputs(request, request.count)
+        seed = fresh_seed(d.seed)
         condition = None if speaker is None else torch.full((request.count,), speaker, dtype=torch.long)
         started = time.perf_counter()
         frames = sample_frames(loaded.model, math.ceil(length / config.frame_size), request.count, condition=condition, seed=seed,
@@ -334,18 +323,6 @@ def _load(files: list[tuple[Path, str | None]], ids: dict[str, int], config: RNN
         raise DataError(f"{len(short)} clip(s) shorter than one frame of {config.frame_size} samples, e.g. '{short[0].path}' "
                         f"({len(short[0].audio)} samples): remove them")
     return clips
-
-
-def _output_paths(output: str, count: int) -> list:
-    """stdout ('-', one sample only), FILE.wav, or FILE-1.wav ... FILE-N.wav."""
-    if output == "-":
-        if count > 1:
-            raise OptionError(f"-n {count} makes {count} WAV files, which cannot all go to stdout: give -o NAME.wav")
-        return ["-"]
-    path = Path(output)
-    if path.suffix.lower() != ".wav":
-        raise OptionError(f"-o {output}: audio is written as WAV; give a file name ending in .wav, or '-' for stdout")
-    return [path] if count == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, count + 1)]
 
 
 VRNN_FAMILY = ModelFamily(

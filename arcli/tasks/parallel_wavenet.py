@@ -34,8 +34,6 @@ reports the exact density of what it generates.
 from __future__ import annotations
 
 import dataclasses
-import secrets
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -48,11 +46,10 @@ from arcli.decoding.continuous import RowNoise
 from arcli.errors import ArcliError, OptionError
 from arcli.models.parallel_wavenet import ParallelWaveNet, ParallelWaveNetConfig
 from arcli.models.wavenet import PCM16_STEP, LocalCondition, gaussian_16bit_nats
-from arcli.outputs import check_new
 from arcli.outputs import note as _note
 from arcli.registry import ModelFamily, get_family
 from arcli.tasks import LN2, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
-from arcli.tasks.audio import AudioBatch, _output_paths
+from arcli.tasks.audio import AudioBatch, audio_outputs, fresh_seed
 from arcli.tasks.conditioning import MelFrames
 from arcli.training import LossOutput
 
@@ -196,18 +193,8 @@ class ParallelWaveNetTask(Task):
             raise OptionError(f"--temperature must be > 0, got {temperature:g}")
         model, config = loaded.model, loaded.model.config
         [[(frames, length)]] = self.features.utterances(config, {}, request, None)  # --mel-from: one clip
-        outputs = _output_paths(request.output, request.count)
-        for path in outputs:
-            check_new(path, request.force)
-        if request.spectrogram is not None:
-            if request.spectrogram.suffix.lower() != ".png":
-                raise OptionError(f"--spectrogram {request.spectrogram}: the spectrogram is a PNG; give a name ending in .png")
-            check_new(request.spectrogram, request.force)
-        if outputs == ["-"] and sys.stdout.isatty():
-            raise OptionError("refusing to write a WAV file to the terminal: give -o FILE.wav, or pipe the output")
-        seed = d.seed if d.seed is not None else secrets.randbits(31)  # not torch.seed(): no global random state
-        if d.seed is None:
-            _note(f"seed {seed} (pass --seed {seed} to repeat this run)")
+        outputs = audio_outputs(request, request.count)
+        seed = fresh_seed(d.seed)
         started = time.perf_counter()
         audio, log_q = generate(model, frames, length, request.count, seed=seed, temperature=temperature)
         elapsed = time.perf_counter() - started

@@ -576,7 +576,8 @@ MADE_FAMILY = ModelFamily(
 )
 
 PIXELRNN_ROW = ModelFamily(name="pixelrnn-row", modality="image", config_class=RowLSTMConfig, model_class=PixelRNN, task=ImageTask(),
-                           summary="PixelRNN Row LSTM: images, row-by-row LSTM layers (triangular context), 256-way softmax")
+                           summary="PixelRNN Row LSTM: images, row-by-row LSTM layers (triangular context), 256-way softmax",
+                           default_checkpoint="pixelrnn-row-fashion.safetensors")
 PIXELRNN_DIAGONAL = ModelFamily(name="pixelrnn-diagonal", modality="image", config_class=DiagonalBiLSTMConfig, model_class=PixelRNN,
                                 task=ImageTask(), summary="PixelRNN Diagonal BiLSTM: images, diagonal LSTMs both ways (the whole past), 256-way softmax",
                                 default_checkpoint="pixelrnn-diagonal-fashion.safetensors")

@@ -117,6 +117,8 @@ class TranslateRequest:
 _ALWAYS = {"output", "force", "progress", "decoding", "input", "images", "inputs", "mask", "batch_size", "max_length_ratio"}
 DECODING_OPTIONS = ("--strategy", "--temperature", "--top-k", "--top-p", "--beam-size", "--nbest", "--length-penalty",
                     "--max-length", "--min-length", "--no-repeat-ngram", "--repetition-penalty", "--prefix", "--seed")
+# the decoding options of a search over tokens: a model that draws real values takes none of them
+TOKEN_SEARCH_OPTIONS = tuple(name for name in DECODING_OPTIONS if name not in ("--strategy", "--temperature", "--seed", "--prefix"))
 
 
 def given_options(request: object) -> list[str]:

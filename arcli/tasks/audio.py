@@ -367,7 +367,7 @@ class AudioTask(Task):
             frames = torch.stack([torch.cat([f, f[-1:].expand(most - len(f), -1)]) for f, _ in rows])
             condition = LocalCondition(frames, None, condition)
         started = time.perf_counter()
-        fused = None if config.output == "gaussian" else wavenet_fused.plan(loaded.model, strategy, len(rows), loaded.device)
+        fused = wavenet_fused.plan(loaded.model, strategy, len(rows), loaded.device)  # None for a gaussian head
         if config.output == "gaussian":  # no tokens: drawn beside the engine
             tokens = gaussian_rows(loaded.model, strategy, decoding, length, condition, len(rows), request.progress)
         elif fused is not None:  # the same samples, each row only as long as it needs

@@ -36,7 +36,7 @@ from arcli.models.vrnn import VRNN, RNNGauss, RNNGaussConfig, VRNNConfig
 from arcli.outputs import check_new, open_output
 from arcli.outputs import note as _note
 from arcli.registry import ModelFamily
-from arcli.tasks import Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
+from arcli.tasks import TOKEN_SEARCH_OPTIONS, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
 from arcli.tasks.audio import _listing, audio_outputs, fresh_seed, speaker_name
 from arcli.training import LossOutput
 
@@ -110,9 +110,8 @@ class ContinuousAudioTask(Task):
     default_strategy = "sample"
     progress_unit = "frame"
     options = {"sample": frozenset({"--count", "--seconds", "--speaker", "--spectrogram", "--strategy", "--temperature", "--seed"})}
-    option_notes = {name: "it draws real-valued frames, not tokens: of the decoding options it takes only --temperature and --seed" for name in
-                    ("--top-k", "--top-p", "--beam-size", "--nbest", "--length-penalty", "--max-length", "--min-length",
-                     "--no-repeat-ngram", "--repetition-penalty")}
+    option_notes = {name: "it draws real-valued frames, not tokens: of the decoding options it takes only --temperature and --seed"
+                    for name in TOKEN_SEARCH_OPTIONS}
 
     def __init__(self, latent: bool):
         self.importance_sampled = latent

@@ -48,7 +48,7 @@ from arcli.models.parallel_wavenet import ParallelWaveNet, ParallelWaveNetConfig
 from arcli.models.wavenet import PCM16_STEP, LocalCondition, gaussian_16bit_nats
 from arcli.outputs import note as _note
 from arcli.registry import ModelFamily, get_family
-from arcli.tasks import LN2, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
+from arcli.tasks import LN2, TOKEN_SEARCH_OPTIONS, Loaded, SampleRequest, ScoreRequest, Task, TrainingSetup, TrainRequest
 from arcli.tasks.audio import AudioBatch, audio_outputs, fresh_seed
 from arcli.tasks.conditioning import MelFrames
 from arcli.training import LossOutput
@@ -118,9 +118,7 @@ class ParallelWaveNetTask(Task):
     # --seconds: refused by MelFrames, which says where the length comes from
     options = {"sample": frozenset({"--count", "--mel-from", "--seconds", "--spectrogram", "--strategy", "--temperature", "--seed"})}
     option_notes = {name: "it turns noise into audio in one pass: of the decoding options it takes only --temperature "
-                          "(the noise's scale) and --seed" for name in
-                    ("--top-k", "--top-p", "--beam-size", "--nbest", "--length-penalty", "--max-length", "--min-length",
-                     "--no-repeat-ngram", "--repetition-penalty")}
+                          "(the noise's scale) and --seed" for name in TOKEN_SEARCH_OPTIONS}
 
     def __init__(self):
         self.features = MelFrames()

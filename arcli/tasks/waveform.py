@@ -34,9 +34,9 @@ def check_gaussian_decoding(decoding) -> None:
 
 
 def gaussian_rows(model: WaveNet, strategy, decoding, length: int, condition, rows: int, progress) -> list[torch.Tensor]:
-    """16-bit codes of `rows` samples drawn from a gaussian-head WaveNet, one sample at a time."""
-    check_gaussian_decoding(decoding)
+    """16-bit codes of `rows` samples drawn from a gaussian-head WaveNet, one sample at a time
+    (the decoding options already passed `check_gaussian_decoding`)."""
     temperature = 1.0 if decoding.temperature is None else decoding.temperature
     audio = sample_frames(GaussianSteps(model), length, rows, condition=condition, seed=strategy.seed, temperature=temperature,
                           progress=progress)  # (rows, length, 1)
-    return list(torch.round(audio[..., 0].float().cpu() / PCM16_STEP).clamp(-32768, 32767).long())
+    return list(encode_samples(audio[..., 0].float().cpu(), model.config).long())

@@ -83,26 +83,41 @@ class ResidualBlock(nn.Module):
         self.residual = nn.Conv1d(D, R, kernel_size=1, bias=False)
         self.skip = nn.Conv1d(D, S, kernel_size=1)
 
-    def forward(self, x: Tensor, speaker: Tensor | None, local: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """x: (B, T, R), speaker: (B,) or None, local: (B, T, cond_hidden) or None -> next block's
-        input (B, T, R), skip (B, T, S).
+    def forward(self, x: Tensor, skip: Tensor, speaker: Tensor | None, local: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x: (B, T, R), skip: the skip sum so far (B, T, S) or its start broadcast from (S,),
+        speaker: (B,) or None, local: (B, T, cond_hidden) or None -> next block's input (B, T, R),
+        the skip sum with this block's share added (B, T, S); the skip biases are in the caller's start.
 
         Time-major, with matrix products rather than Conv1d calls: on a CPU, PyTorch runs 1x1 and
         kernel-2 dilated Conv1d through im2col copies. Measured on 2 cores, a training step of the
         default 2x10-layer model on 4 crops of 8188 samples: 0.94 s this way, 1.28 s with Conv1d.
+        The filter and gate halves are separate products, so that tanh and sigmoid run over
+        contiguous memory (sigmoid is ~7x slower on a strided half), and every other term is
+        accumulated into them by a batched multiply-add (baddbmm) instead of a product then an
+        add: one forward of a 16-channel block over 32,000 samples, 1 thread, 9-11 -> 6 ms.
         The parameters stay Conv1d's (the checkpoints do not change)."""
-        d, T = self.dilation, x.shape[1]
-        weight = self.conv.weight  # (2D, R, 2): tap 1 multiplies x_t, tap 0 multiplies x_{t-d}
-        a = F.linear(x, weight[:, :, 1], self.conv.bias)  # (B, T, 2D)
-        if d < T:  # causal: before the start the past is zero padding, which adds nothing
-            a = torch.cat([a[:, :d], a[:, d:] + F.linear(x[:, : T - d], weight[:, :, 0])], 1)
-        if self.speaker is not None:
-            a = a + self.speaker(speaker).unsqueeze(1)  # (B, 1, 2D)
-        if self.local is not None:
-            a = a + self.local(local)  # (B, T, 2D)
-        filt, gate = a.chunk(2, dim=-1)  # (B, T, D) each
-        z = torch.tanh(filt) * torch.sigmoid(gate)
-        return x + F.linear(z, self.residual.weight[:, :, 0]), F.linear(z, self.skip.weight[:, :, 0], self.skip.bias)
+        d, (B, T, _) = self.dilation, x.shape
+        D = self.residual.in_channels
+        weight, bias = self.conv.weight, self.conv.bias  # weight (2D, R, 2): tap 1 multiplies x_t, tap 0 x_{t-d}
+        spoken = self.speaker(speaker).unsqueeze(1) if self.speaker is not None else None  # (B, 1, 2D)
+        rows = lambda m: m.t().expand(B, -1, -1)  # noqa: E731 -- (out, in) weight -> (B, in, out) for baddbmm
+        halves = []
+        for half in (slice(0, D), slice(D, 2 * D)):  # filter, gate
+            if self.local is None:
+                a = F.linear(x, weight[half, :, 1], bias[half])  # (B, T, D)
+            else:
+                a = torch.baddbmm(bias[half], local, rows(self.local.weight[half]))
+                a = torch.baddbmm(a, x, rows(weight[half, :, 1]))
+            if d < T:  # causal: before the start the past is zero padding, which adds nothing
+                a[:, d:].baddbmm_(x[:, : T - d].to(a.dtype), rows(weight[half, :, 0]).to(a.dtype))  # in place: autocast casts nothing
+            if spoken is not None:
+                a = a + spoken[:, :, half]
+            halves.append(a)
+        z = torch.tanh(halves[0]) * torch.sigmoid(halves[1])  # (B, T, D)
+        if torch.is_autocast_enabled(x.device.type):  # mixed precision: the residual and skip sums stay float32
+            return x + F.linear(z, self.residual.weight[:, :, 0]), skip + F.linear(z, self.skip.weight[:, :, 0])
+        return (torch.baddbmm(x, z, rows(self.residual.weight[:, :, 0])),
+                torch.baddbmm(skip, z, rows(self.skip.weight[:, :, 0])))
 
 
 def smooth_code_embedding(codes: int, channels: int) -> Tensor:
@@ -231,10 +246,9 @@ class WaveNet(nn.Module):
             local = torch.lerp(pick(below), pick(above), fraction[..., None].to(hidden.dtype))  # (B, T, H)
         inputs = tokens[:, :-1, None].to(self.embed.weight.dtype) if self.gaussian else tokens[:, :-1]
         x = F.pad(self.embed(inputs), (0, 0, 1, 0))  # (B, T, R): x_{t-1} at t, "nothing" (zeros) at t = 0
-        skip = 0
+        skip = sum(block.skip.bias for block in self.blocks).expand(B, T, -1)  # (B, T, S): every block's skip bias
         for block in self.blocks:
-            x, s = block(x, speaker, local)
-            skip = skip + s  # (B, T, S)
+            x, skip = block(x, skip, speaker, local)
         _, hidden, _, out = self.head
         logits = F.linear(F.relu(F.linear(F.relu(skip), hidden.weight[:, :, 0], hidden.bias)), out.weight[:, :, 0], out.bias)  # (B, T, V)
         return self._floor(logits) if self.gaussian else logits

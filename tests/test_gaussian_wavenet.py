@@ -1,14 +1,18 @@
 """WaveNet's gaussian output head: step == forward, causality, the 16-bit discretisation of its
 density on hand examples, and the vocoder with it through the real CLI (train, resynthesise, score)."""
 
+import importlib.util
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from clihelpers import one_line_error, run
-from test_vocoder import VOCODER_SETTINGS
+from test_vocoder import VOCODER_SETTINGS, vocoder  # noqa: F401  (a categorical vocoder to start a gaussian one from)
 from test_wavenet_cli import RATE, ok, write_corpus
 
 from arcli.checkpoint import read_checkpoint
@@ -97,3 +101,47 @@ def test_gaussian_vocoder_trains_resynthesises_and_scores(gaussian_vocoder, tmp_
     one_line_error(run("sample", "wavenet-vocoder", "-c", checkpoint, "--mel-from", clip, "--top-k", 5, "-o", tmp_path / "c.wav"),
                    "--temperature and --seed")
     assert not (tmp_path / "c.wav").exists()
+
+
+GAUSSIAN_INIT = Path(__file__).resolve().parents[1] / "examples" / "speech" / "gaussian_init.py"
+
+
+def test_the_input_line_is_the_weighted_least_squares_fit():
+    spec = importlib.util.spec_from_file_location("gaussian_init", GAUSSIAN_INIT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    values = torch.tensor([-1.0, 0.0, 0.5, 1.0], dtype=torch.float64)
+    exact = torch.stack([3 * values + 1, -2 * values], 1)  # two columns on lines: recovered whatever the weights
+    slope, intercept = module.fit_line(exact, values, torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64))
+    assert torch.allclose(slope, torch.tensor([3.0, -2.0], dtype=torch.float64)) and torch.allclose(intercept, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    # Off a line: all the weight on codes 0 and 1 gives the line through those two points, (-1, 5) and (0, 2): slope -3, intercept 2.
+    table = torch.tensor([[5.0], [2.0], [9.0], [-4.0]])
+    slope, intercept = module.fit_line(table, values, torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64))
+    assert slope.item() == pytest.approx(-3.0) and intercept.item() == pytest.approx(2.0)
+    # Equal weights on (-1, 0), (0, 0), (1, 3): slope 1.5, intercept 1 (by hand: mean x 0, mean y 1, sum xy 3 / sum x^2 2).
+    slope, intercept = module.fit_line(torch.tensor([[0.0], [0.0], [3.0]]), torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64),
+                                       torch.ones(3, dtype=torch.float64))
+    assert slope.item() == pytest.approx(1.5) and intercept.item() == pytest.approx(1.0)
+
+
+def test_a_gaussian_vocoder_starts_from_a_categorical_ones_body(vocoder, tmp_path):  # noqa: F811
+    corpus, categorical = vocoder
+    out = tmp_path / "init.safetensors"
+    script = lambda *args: subprocess.run([sys.executable, str(GAUSSIAN_INIT), *map(str, args)], capture_output=True, text=True)  # noqa: E731
+    done = script(categorical, corpus, "-o", out)
+    assert done.returncode == 0, done.stderr
+    source, started = read_checkpoint(categorical), read_checkpoint(out)
+    assert started.config["output"] == "gaussian" and started.data["mu"] is None
+    body = [name for name in source.tensors if not name.startswith(("embed.", "head.3."))]
+    assert body and all(torch.equal(started.tensors[name], source.tensors[name]) for name in body)
+    assert started.tensors["embed.weight"].shape == (source.tensors["embed.weight"].shape[1], 1)
+    assert started.tensors["head.3.weight"].shape[0] == 2
+    # It fine-tunes as a gaussian teacher through --init, and the script refuses to overwrite or to convert twice.
+    tuned = tmp_path / "tuned.safetensors"
+    ok(run("train", "wavenet-vocoder", "--init", out, "--data", corpus, "-o", tuned, "--steps", 2, "--batch-size", 2,
+           "--eval-every", 2, "--warmup-steps", 1, "--device", "cpu", "--quiet"))
+    assert read_checkpoint(tuned).config["output"] == "gaussian"
+    again = script(categorical, corpus, "-o", out)
+    assert again.returncode == 1 and "exists" in again.stderr and again.stderr.count("\n") == 1
+    twice = script(out, corpus, "-o", tmp_path / "twice.safetensors")
+    assert twice.returncode == 1 and "already has a gaussian head" in twice.stderr and not (tmp_path / "twice.safetensors").exists()

@@ -8,22 +8,40 @@ The recogniser, the clips (the first --clips of the valid split, sorted by path)
 --grammar mode are those of intelligibility.py (read it for what the figures mean: PocketSphinx
 hears espeak-ng badly, so compare the systems with each other, never as absolutes). Both models
 resynthesise each clip from its own log-mel frames with `arcli sample ... --mel-from CLIP --seed`;
-the teacher's NLL of every file (bits per 16-bit sample) comes from
-`arcli score-likelihood wavenet-vocoder -c TEACHER`.
+the teacher's NLL of every file (bits per 16-bit sample) is conditioned on the frames of the clip it
+resynthesises (those both models generated from), as `benchmarks/parallel_wavenet.py` measures it.
+(`arcli score-likelihood wavenet-vocoder` would condition each file on its own frames: for a
+resynthesis that is another input than the one it was drawn for, and the figures mean little.)
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from intelligibility import edit_distance, held_out, recognise, words, write_grammar
 from voicing import RATE, voicing
 
+from arcli.audio.features import log_mel
 from arcli.audio.io import load_audio
+from arcli.models.wavenet import PCM16_STEP, LocalCondition, gaussian_16bit_nats
+from arcli.registry import get_family
+from arcli.tasks.conditioning import MelFrames
+
+
+@torch.no_grad()
+def teacher_nats(teacher, clip: Path, path: Path) -> tuple[float, int]:
+    """The teacher's NLL of the audio in `path` given the log-mel frames of `clip`: (nats, samples)."""
+    rate = teacher.config.sample_rate
+    frames = log_mel(load_audio(clip, rate), MelFrames().spec(teacher.config))
+    codes = torch.round(load_audio(path, rate).double() / PCM16_STEP).clamp(-32768, 32767)
+    params = teacher((codes * PCM16_STEP)[None].float(), LocalCondition(frames[None]))
+    return float(gaussian_16bit_nats(params, codes[None]).sum()), len(codes)
 
 
 def main() -> None:
@@ -45,6 +63,7 @@ def main() -> None:
         grammar = args.out / "held-out.gram"
         clips = write_grammar(clips, grammar)
     families = {"teacher": ("wavenet-vocoder", args.teacher), "student": ("parallel-wavenet", args.student)}
+    teacher = get_family("wavenet-vocoder").load(Path(args.teacher), torch.device("cpu"))[0]
 
     def resynthesis(system: str, clip: dict) -> Path:
         out = args.out / f"{system}-{clip['path'].replace('/', '-')}"
@@ -59,7 +78,7 @@ def main() -> None:
                "student resynthesis": lambda clip: resynthesis("student", clip)}
     for name, source in systems.items():
         paths = [source(clip) for clip in clips]
-        errors = total = exact = 0
+        errors = total = exact = nats = samples = 0
         voiced = []
         for clip, path in zip(clips, paths, strict=True):
             reference, heard = words(clip["text"]), words(recognise(path, grammar))
@@ -67,11 +86,11 @@ def main() -> None:
             total += len(reference)
             exact += reference == heard
             voiced.append(voicing(load_audio(path, RATE).numpy())["voiced"])
-        scored = subprocess.run(["arcli", "score-likelihood", "wavenet-vocoder", "-c", args.teacher, *map(str, paths)],
-                                capture_output=True, text=True, check=True)
-        overall = scored.stderr.strip().splitlines()[-1].split(": ")[-1]
+            clip_nats, clip_samples = teacher_nats(teacher, args.corpus / clip["path"], path)
+            nats, samples = nats + clip_nats, samples + clip_samples
         print(f"{name}: WER {100 * errors / total:.1f}% ({errors} errors / {total} words, {len(clips)} clips, {exact} exactly right); "
-              f"voiced frames {100 * sum(voiced) / len(voiced):.0f}%; teacher's NLL {overall}")
+              f"voiced frames {100 * sum(voiced) / len(voiced):.0f}%; teacher's NLL given the clip's frames "
+              f"{nats / samples / math.log(2):.4f} bits per 16-bit sample")
 
 
 if __name__ == "__main__":

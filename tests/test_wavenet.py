@@ -227,3 +227,25 @@ def test_forward_trains_and_step_does_not_track_gradients():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for name, p in model.named_parameters() if name != unused)
     logits, _ = model.step(model.start(2), None)
     assert not logits.requires_grad
+
+
+def test_forward_under_mixed_precision_keeps_float32_sums_and_trains():
+    """Under autocast the blocks' products run in bfloat16 while the residual and skip sums stay
+    float32 (ResidualBlock's mixed-precision branch; CUDA's autocast takes the same path): the
+    logits stay close to full precision and every parameter gets a finite gradient."""
+    torch.manual_seed(0)
+    model = WaveNet(WaveNetConfig(residual_channels=8, dilation_channels=8, skip_channels=16, end_channels=16,
+                                  layers_per_stack=4, stacks=2, num_speakers=3))
+    tokens, speakers = torch.randint(0, 256, (2, 50)), torch.tensor([0, 2])
+    full = model(tokens, speakers)
+    full.logsumexp(-1).mean().backward()
+    reference = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}  # not the last block's unused residual
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(tokens, speakers)
+    assert mixed.dtype == torch.bfloat16
+    assert (mixed.float() - full).abs().max() < 0.05 * full.abs().max()
+    mixed.float().logsumexp(-1).mean().backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == reference.keys() and len(grads) >= 40
+    assert all(torch.isfinite(grads[name]).all() for name in grads)

@@ -27,21 +27,19 @@ import torch
 from intelligibility import edit_distance, held_out, recognise, words, write_grammar
 from voicing import RATE, voicing
 
-from arcli.audio.features import log_mel
 from arcli.audio.io import load_audio
-from arcli.models.wavenet import PCM16_STEP, LocalCondition, gaussian_16bit_nats
 from arcli.registry import get_family
-from arcli.tasks.conditioning import MelFrames
+from arcli.tasks.audio import Clip
+from arcli.tasks.waveform import encode_samples
 
 
-@torch.no_grad()
 def teacher_nats(teacher, clip: Path, path: Path) -> tuple[float, int]:
-    """The teacher's NLL of the audio in `path` given the log-mel frames of `clip`: (nats, samples)."""
-    rate = teacher.config.sample_rate
-    frames = log_mel(load_audio(clip, rate), MelFrames().spec(teacher.config))
-    codes = torch.round(load_audio(path, rate).double() / PCM16_STEP).clamp(-32768, 32767)
-    params = teacher((codes * PCM16_STEP)[None].float(), LocalCondition(frames[None]))
-    return float(gaussian_16bit_nats(params, codes[None]).sum()), len(codes)
+    """The teacher's NLL of the audio in `path` given the log-mel frames of `clip`: (nats, samples),
+    by the audio task's own scorer (every sample once, with its full past), as score-likelihood."""
+    config, task = teacher.config, get_family("wavenet-vocoder").task
+    frames = task.features.clip_frames(clip, load_audio(clip, config.sample_rate), config, {})
+    codes = encode_samples(load_audio(path, config.sample_rate), config)
+    return task._clip_nats(teacher, Clip(path, codes, None, frames), teacher.receptive_field, 16), len(codes)
 
 
 def main() -> None:

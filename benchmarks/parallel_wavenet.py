@@ -18,6 +18,7 @@ fastest on a busy machine); the student runs on --threads (default: torch's, i.e
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -26,10 +27,12 @@ import torch
 from arcli.audio.features import log_mel
 from arcli.audio.io import load_audio
 from arcli.decoding.continuous import GaussianSteps, sample_frames
-from arcli.models.wavenet import PCM16_STEP, LocalCondition, gaussian_16bit_nats
+from arcli.models.wavenet import LocalCondition
 from arcli.registry import get_family
+from arcli.tasks.audio import Clip
 from arcli.tasks.conditioning import MelFrames
 from arcli.tasks.parallel_wavenet import generate
+from arcli.tasks.waveform import encode_samples
 
 
 def best(repeats: int, run) -> tuple[float, object]:
@@ -46,10 +49,12 @@ def best(repeats: int, run) -> tuple[float, object]:
 
 @torch.no_grad()
 def teacher_bits(teacher, audio: torch.Tensor, frames: torch.Tensor) -> float:
-    """The teacher's NLL of audio (T,) in [-1, 1] as 16-bit samples, bits per sample."""
-    codes = torch.round(audio.double() / PCM16_STEP).clamp(-32768, 32767)
-    params = teacher((codes * PCM16_STEP)[None].float(), LocalCondition(frames[None]))
-    return float(gaussian_16bit_nats(params, codes[None]).mean()) / float(torch.log(torch.tensor(2.0)))
+    """The teacher's NLL of audio (T,) in [-1, 1] as 16-bit samples given frames, bits per sample,
+    by the audio task's own scorer (as score-likelihood)."""
+    codes = encode_samples(audio.cpu(), teacher.config)
+    clip = Clip(Path("benchmark"), codes, None, frames.cpu())
+    nats = get_family("wavenet-vocoder").task._clip_nats(teacher, clip, teacher.receptive_field, 16)
+    return nats / len(codes) / math.log(2)
 
 
 def main() -> None:

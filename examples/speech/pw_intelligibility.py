@@ -33,6 +33,7 @@ from arcli.tasks.audio import Clip
 from arcli.tasks.waveform import encode_samples
 
 
+@torch.no_grad()
 def teacher_nats(teacher, clip: Path, path: Path) -> tuple[float, int]:
     """The teacher's NLL of the audio in `path` given the log-mel frames of `clip`: (nats, samples),
     by the audio task's own scorer (every sample once, with its full past), as score-likelihood."""
